@@ -1,0 +1,27 @@
+# cvgl-keras: `make demo` and `make test` are the two commands a fresh clone needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest
+
+demo: setup
+	$(PY) -m experiments.demo --out demo_out
+
+bench: setup
+	$(PY) -m benchmarks.data_bench
+
+clean:
+	rm -rf demo_out .pytest_cache

@@ -1,0 +1,1 @@
+"""Dataset records, readers (CVUSA, CVACT), input specs and the tf.data pipeline."""
