@@ -1,0 +1,619 @@
+"""Exact cross-view retrieval metrics (R@1, R@5, R@10, R@1%) that scale to CVACT_test (92,802 x 92,802).
+
+Protocols (see the SAFA / GeoDTR / OriCNN evaluators; GeoDTR ``utils.validatenp``, OriCNN ``RecallGeo.m``):
+
+* **index** (CVUSA, CVACT_val): query = ground image k, database = every aerial image, true match = aerial k.
+  With the distance ``D = 2 - 2 <g, a>`` (the squared Euclidean distance of unit vectors),
+  ``rank_k = #{i : D[k, i] < D[k, k]}`` counts *strictly* closer references, so ties favour the query.
+  Hit at K iff ``rank_k < K``; R@K is the mean in percent.
+* **radius** (CVACT_test, 5 m): the references are sorted by distance; hit at K iff any of the first K lies
+  within ``radius_m`` (Euclidean, metres, ``<=``) of the query's position. **Tie rule**: the sort is stable,
+  i.e. references at equal distance are ordered by ascending reference index (what a stable sort by distance
+  gives). Equivalently, with ``j*`` the closest reference within the radius (smallest index among equals),
+  ``rank = #{j : D_j < D_j*} + #{j < j* : D_j == D_j*}`` and hit at K iff ``rank < K``; a query with no
+  reference within the radius never hits (it still counts in N).
+
+R@1% uses K = floor(0.01 N) (88 for 8,884; 928 for 92,802), where the official code reads the last of its
+floor(0.01 N) + 1 slots. For N < 100 it does not exist and is reported as None.
+
+How it scales: one pass over square blocks of the query x reference score matrix (``chunk_size`` on both
+sides; memory O(chunk_size^2 + N d), never N x N). The ranks are computed once and histogrammed, so the
+whole recall curve costs one matrix product (2 N^2 d FLOPs), not one pass per K. In the index protocol the
+true-match scores are read from the diagonal block of the *same* matrix product (done first for each query
+chunk), so a duplicate of the true match is compared with bit-identical arithmetic, exactly like a dense
+evaluator. The comparison ``2 - 2 s < t`` is turned into ``s > a`` with a per-query similarity threshold
+``a`` chosen so that both are equivalent for every float ``s`` (the rounding of ``2 - 2 s`` included), so
+each block costs one GEMM plus one compare-and-count.
+
+Precision: the default working dtype is float32 (sgemm runs at twice the double rate and the models'
+descriptors are float32). Values that are exactly representable -- the golden fixtures -- give bit-identical
+results to the official float64 evaluator; on real descriptors two references whose distances differ by less
+than the float32 rounding of a d-term dot product (~1e-6) may be ordered differently from a float64
+evaluator. ``dtype="float64"`` reproduces the official arithmetic exactly, at about twice the time.
+
+Backends: ``"numpy"`` (OpenBLAS), ``"tf"`` (a GPU when TensorFlow sees one), ``"auto"`` (TF when a GPU is
+visible, else NumPy) and ``"faiss"`` (optional; exact inner-product search of the top K, for galleries that
+are served from a FAISS index; ties inside FAISS are ordered as FAISS returns them).
+
+Low-level pieces reused elsewhere: :func:`true_match_ranks`, :func:`radius_ranks`, :func:`topk_neighbours`,
+:func:`within_radius`, :func:`recall_from_ranks`, :func:`official_recall_array`, :func:`one_percent_k`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+
+from common.errors import CVGLError
+
+DEFAULT_CHUNK = 4096
+_BACKENDS = ("auto", "tf", "numpy", "faiss")
+_DTYPES = ("float32", "float64")
+
+
+# ------------------------------------------------------------------------------------------------------
+# validation
+# ------------------------------------------------------------------------------------------------------
+def _check_finite(x: np.ndarray, name: str, step: int = 8192) -> None:
+    for a in range(0, x.shape[0], step):
+        block = x[a : a + step]
+        if not np.isfinite(block).all():
+            bad = a + int(np.nonzero(~np.isfinite(block).all(axis=1))[0][0])
+            raise CVGLError(
+                f"{name} embeddings contain NaN or inf (first at row {bad}); the model diverged or an input "
+                "image is broken -- re-run the embedding and check the checkpoint"
+            )
+
+
+def _as_matrix(x, name: str, dtype: str) -> np.ndarray:
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # pragma: no cover - exotic inputs
+        raise CVGLError(f"{name} embeddings are not an array: {exc}") from None
+    if arr.ndim != 2:
+        raise CVGLError(f"{name} embeddings must be a 2-D (N, d) array, got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise CVGLError(f"{name} embeddings are empty (0 rows): the split has no images -- check --root/--split")
+    if arr.shape[1] == 0:
+        raise CVGLError(f"{name} embeddings have dimension 0")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise CVGLError(f"{name} embeddings must be numeric, got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    _check_finite(arr, name)
+    return arr
+
+
+def _check_dtype(dtype) -> str:
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in _DTYPES:
+        raise CVGLError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    return name
+
+
+def _check_pair(query, reference, dtype: str, same_count: bool):
+    q = _as_matrix(query, "query (ground)", dtype)
+    r = _as_matrix(reference, "reference (aerial)", dtype)
+    if q.shape[1] != r.shape[1]:
+        raise CVGLError(
+            f"query and reference embeddings have different dimensions ({q.shape[1]} vs {r.shape[1]}); "
+            "they must come from the same model"
+        )
+    if same_count and q.shape[0] != r.shape[0]:
+        raise CVGLError(
+            f"index protocol needs one reference per query, got {q.shape[0]} queries and {r.shape[0]} "
+            "references; embed both views of the same split (or use the radius protocol with positions)"
+        )
+    return q, r
+
+
+def _check_chunk(chunk_size) -> int:
+    try:
+        c = int(chunk_size)
+    except (TypeError, ValueError):
+        raise CVGLError(f"chunk_size must be a positive integer, got {chunk_size!r}") from None
+    if c < 1:
+        raise CVGLError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    return c
+
+
+def _check_positions(pos, n: int, name: str) -> np.ndarray:
+    if pos is None:
+        raise CVGLError(
+            f"the radius protocol needs {name} positions (N x 2 metres, e.g. CVACT utm); none were given -- "
+            "use the index protocol or a dataset with positions"
+        )
+    p = np.asarray(pos, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != 2:
+        raise CVGLError(f"{name} positions must have shape (N, 2), got {p.shape}")
+    if p.shape[0] != n:
+        raise CVGLError(f"{name} positions have {p.shape[0]} rows but there are {n} {name} embeddings")
+    if not np.isfinite(p).all():
+        raise CVGLError(f"{name} positions contain NaN or inf (row {int(np.nonzero(~np.isfinite(p).all(1))[0][0])})")
+    return p
+
+
+# ------------------------------------------------------------------------------------------------------
+# small helpers
+# ------------------------------------------------------------------------------------------------------
+def one_percent_k(n: int) -> int:
+    """K of R@1%: floor(0.01 n) in exact integer arithmetic (88 for 8,884; 928 for 92,802; 0 below 100)."""
+    return int(n) // 100
+
+
+def distance_from_similarity(s, dtype=None):
+    """``2 - 2 s`` in the working dtype (the squared Euclidean distance of unit vectors)."""
+    s = np.asarray(s, dtype=dtype or np.asarray(s).dtype)
+    two = s.dtype.type(2)
+    return two - two * s
+
+
+def _threshold(t: np.ndarray, strict: bool) -> np.ndarray:
+    """Per-query similarity thresholds ``a`` with  ``f(s) < t  <=>  s > a``  (``<=`` when not strict).
+
+    ``f(s) = fl(2 - 2 s)`` is non-increasing in ``s`` (2 s is exact and rounding is monotone), so the set of
+    similarities whose distance passes the test is ``{s > a}``; ``a`` is the largest float that fails it.
+    Start from the real-number solution and walk to the exact boundary with nextafter (a few steps).
+    """
+    t = np.asarray(t)
+    dt = t.dtype.type
+
+    def fails(s):  # True where s does NOT pass the test
+        d = distance_from_similarity(s)
+        return d >= t if strict else d > t
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        a = ((dt(2) - t) / dt(2)).astype(t.dtype)
+        for _ in range(64):  # move down until a fails
+            need = ~fails(a)
+            if not need.any():
+                break
+            a = np.where(need, np.nextafter(a, dt(-np.inf)), a)
+        for _ in range(64):  # move up while the next float still fails
+            nxt = np.nextafter(a, dt(np.inf))
+            need = fails(nxt)
+            if not need.any():
+                break
+            a = np.where(need, nxt, a)
+    return a.astype(t.dtype)
+
+
+def recall_from_ranks(ranks: np.ndarray, kmax: int) -> np.ndarray:
+    """Hit counts for K = 1..kmax: ``counts[K-1] = #{q : rank_q < K}`` (one histogram, no O(K N) loop)."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    hist = np.bincount(np.minimum(ranks, kmax), minlength=kmax + 1)
+    return np.cumsum(hist)[:kmax]
+
+
+def official_recall_array(ranks: np.ndarray) -> np.ndarray:
+    """The array GeoDTR's ``validatenp`` returns: shape (1, floor(0.01 N) + 1), entry t = mean(rank < t)."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    n = ranks.shape[0]
+    slots = one_percent_k(n) + 1
+    counts = np.concatenate([[0], recall_from_ranks(ranks, slots - 1)]) if slots > 1 else np.zeros(1, np.int64)
+    return (counts.astype(np.float64) / n).reshape(1, slots)
+
+
+def within_radius(query_pos, reference_pos, radius_m: float) -> list:
+    """For each query, the sorted reference indices whose position is within ``radius_m`` (``<=``) metres."""
+    from scipy.spatial import cKDTree
+
+    qp = np.asarray(query_pos, dtype=np.float64)
+    rp = np.asarray(reference_pos, dtype=np.float64)
+    tree = cKDTree(rp)
+    cand = tree.query_ball_point(qp, r=radius_m * (1 + 1e-9) + 1e-9)
+    out = []
+    for q, c in enumerate(cand):
+        c = np.asarray(sorted(c), dtype=np.int64)
+        if c.size:
+            d = np.sqrt(((rp[c] - qp[q]) ** 2).sum(axis=1))
+            c = c[d <= radius_m]
+        out.append(c)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------
+# backends: one block of scores S = Q_chunk @ R_chunk^T and the compare-and-count on it
+# ------------------------------------------------------------------------------------------------------
+def _tf_visible_gpu() -> bool:
+    try:
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    except Exception:  # pragma: no cover - TF missing or broken
+        return False
+
+
+def _resolve_backend(backend: str) -> str:
+    if backend not in _BACKENDS:
+        raise CVGLError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "tf" if _tf_visible_gpu() else "numpy"
+    if backend == "faiss":
+        _import_faiss()
+    return backend
+
+
+def _import_faiss():
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        raise CVGLError(
+            "the faiss backend needs the optional package faiss-cpu (or faiss-gpu): pip install faiss-cpu; "
+            "or use --backend numpy / tf, which are exact and need nothing extra"
+        ) from None
+    return faiss
+
+
+class _NumpyBlocks:
+    """Blocks are written into one reused buffer (no page faults of a fresh 64 MB array per block); a block
+    is valid until the next call of :meth:`scores`."""
+
+    def __init__(self, q: np.ndarray, r: np.ndarray):
+        self.q, self.r = q, r
+        self.buf = np.empty(0, dtype=q.dtype)
+
+    def scores(self, a0, a1, c0, c1):
+        m, n = a1 - a0, c1 - c0
+        if self.buf.size < m * n:
+            self.buf = np.empty(m * n, dtype=self.q.dtype)
+        out = self.buf[: m * n].reshape(m, n)
+        return np.matmul(self.q[a0:a1], self.r[c0:c1].T, out=out)
+
+    @staticmethod
+    def diag(s):
+        return np.diagonal(s).copy()
+
+    @staticmethod
+    def count_greater(s, a):
+        return np.count_nonzero(s > a[:, None], axis=1).astype(np.int64)
+
+    @staticmethod
+    def count_split(s, a, b, split):
+        """Per row: #{cols < split : s > b} + #{cols >= split : s > a}."""
+        cols = np.arange(s.shape[1])[None, :]
+        sel = np.where(cols < split[:, None], s > b[:, None], s > a[:, None])
+        return np.count_nonzero(sel, axis=1).astype(np.int64)
+
+    @staticmethod
+    def to_numpy(s):
+        return s
+
+    @staticmethod
+    def gather(s, rows, cols):
+        return s[rows, cols]
+
+
+class _TFBlocks:
+    def __init__(self, q: np.ndarray, r: np.ndarray):
+        import tensorflow as tf
+
+        self.tf = tf
+        self.q = q
+        self.r = tf.convert_to_tensor(r)  # resident once (on the GPU when there is one)
+
+    def scores(self, a0, a1, c0, c1):
+        tf = self.tf
+        return tf.linalg.matmul(tf.convert_to_tensor(self.q[a0:a1]), self.r[c0:c1], transpose_b=True)
+
+    def diag(self, s):
+        return self.tf.linalg.diag_part(s).numpy()
+
+    def count_greater(self, s, a):
+        tf = self.tf
+        a = tf.convert_to_tensor(a)[:, None]
+        return tf.math.count_nonzero(s > a, axis=1, dtype=tf.int64).numpy()
+
+    def count_split(self, s, a, b, split):
+        tf = self.tf
+        cols = tf.range(tf.shape(s)[1], dtype=tf.int64)[None, :]
+        sel = tf.where(cols < tf.convert_to_tensor(split)[:, None], s > tf.convert_to_tensor(b)[:, None],
+                       s > tf.convert_to_tensor(a)[:, None])
+        return tf.math.count_nonzero(sel, axis=1, dtype=tf.int64).numpy()
+
+    @staticmethod
+    def to_numpy(s):
+        return s.numpy()
+
+    def gather(self, s, rows, cols):
+        return self.tf.gather_nd(s, np.stack([rows, cols], 1)).numpy()
+
+
+def _blocks(backend: str, q, r):
+    return _TFBlocks(q, r) if backend == "tf" else _NumpyBlocks(q, r)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="block", leave=False)
+
+
+# ------------------------------------------------------------------------------------------------------
+# ranks
+# ------------------------------------------------------------------------------------------------------
+def true_match_ranks(query, reference, chunk_size: int = DEFAULT_CHUNK, backend: str = "auto",
+                     dtype: str = "float32", progress: bool = False) -> np.ndarray:
+    """Index protocol ranks: ``rank_k = #{i : D[k, i] < D[k, k]}`` (strict; ties favour the query), int64 (N,).
+
+    Query k's true match is reference k. One pass of square ``chunk_size`` blocks; for each query chunk the
+    diagonal block is computed first and gives the true-match distances from the same GEMM.
+    """
+    dtype = _check_dtype(dtype)
+    q, r = _check_pair(query, reference, dtype, same_count=True)
+    chunk = _check_chunk(chunk_size)
+    backend = _resolve_backend(backend)
+    if backend == "faiss":
+        kmax = max(one_percent_k(q.shape[0]), 1)
+        return _faiss_ranks(q, r, kmax, targets=np.arange(q.shape[0]), chunk=chunk)[0]
+    n = q.shape[0]
+    starts = list(range(0, n, chunk))
+    ops = _blocks(backend, q, r)
+    ranks = np.zeros(n, dtype=np.int64)
+    bar = _progress(len(starts) ** 2, "ranking", progress)
+    for i, a0 in enumerate(starts):
+        a1 = min(a0 + chunk, n)
+        s = ops.scores(a0, a1, a0, a1)
+        t = distance_from_similarity(ops.diag(s))  # true-match distances, same arithmetic as every block
+        thr = _threshold(t, strict=True)
+        cnt = ops.count_greater(s, thr)
+        for j, c0 in enumerate(starts):
+            if j == i:
+                continue
+            cnt += ops.count_greater(ops.scores(a0, a1, c0, min(c0 + chunk, n)), thr)
+            if bar is not None:
+                bar.update(1)
+        ranks[a0:a1] = cnt
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return ranks
+
+
+def _pair_similarities(q: np.ndarray, r: np.ndarray, qi: np.ndarray, ri: np.ndarray, step: int = 4096):
+    out = np.empty(qi.shape[0], dtype=q.dtype)
+    for a in range(0, qi.shape[0], step):
+        out[a : a + step] = np.einsum("ij,ij->i", q[qi[a : a + step]], r[ri[a : a + step]])
+    return out
+
+
+def radius_ranks(query, reference, query_pos, reference_pos, radius_m: float = 5.0,
+                 chunk_size: int = DEFAULT_CHUNK, backend: str = "auto", dtype: str = "float32",
+                 progress: bool = False, return_info: bool = False):
+    """Radius protocol ranks: the 0-based position, in the stable distance sort, of the first reference
+    within ``radius_m`` of the query (int64 (Nq,)); ``n_reference`` (never a hit) when there is none.
+
+    With ``return_info`` also returns ``(ranks, best)`` where ``best[q]`` is that reference's index (-1: none).
+    """
+    dtype = _check_dtype(dtype)
+    q, r = _check_pair(query, reference, dtype, same_count=False)
+    nq, nr = q.shape[0], r.shape[0]
+    qp = _check_positions(query_pos, nq, "query")
+    rp = _check_positions(reference_pos, nr, "reference")
+    try:
+        radius_m = float(radius_m)
+    except (TypeError, ValueError):
+        raise CVGLError(f"radius_m must be a positive number of metres, got {radius_m!r}") from None
+    if not (radius_m > 0 and math.isfinite(radius_m)):
+        raise CVGLError(f"radius_m must be a positive number of metres, got {radius_m!r}")
+    chunk = _check_chunk(chunk_size)
+    backend = _resolve_backend(backend)
+
+    # the closest reference within the radius of each query (smallest index among equal distances)
+    near = within_radius(qp, rp, radius_m)
+    counts = np.array([c.size for c in near], dtype=np.int64)
+    qi = np.repeat(np.arange(nq), counts)
+    ri = np.concatenate(near) if counts.sum() else np.zeros(0, np.int64)
+    dist = distance_from_similarity(_pair_similarities(q, r, qi, ri))
+    best = np.full(nq, -1, dtype=np.int64)
+    tbest = np.full(nq, np.inf, dtype=dtype)
+    if qi.size:
+        order = np.lexsort((ri, dist, qi))  # by query, then distance, then reference index
+        first = np.ones(order.size, dtype=bool)
+        first[1:] = qi[order][1:] != qi[order][:-1]
+        sel = order[first]
+        best[qi[sel]] = ri[sel]
+        tbest[qi[sel]] = dist[sel]
+
+    if backend == "faiss":
+        kmax = max(one_percent_k(nr), 1)
+        ranks = _faiss_radius_ranks(q, r, near, kmax, chunk)
+        return (ranks, best) if return_info else ranks
+
+    has = best >= 0
+    a_thr = np.full(nq, np.inf, dtype=dtype)  # rows without a positive: count nothing
+    b_thr = np.full(nq, np.inf, dtype=dtype)
+    a_thr[has] = _threshold(tbest[has], strict=True)  # D < t   <=> s > a
+    b_thr[has] = _threshold(tbest[has], strict=False)  # D <= t  <=> s > b
+
+    ops = _blocks(backend, q, r)
+    ranks = np.zeros(nq, dtype=np.int64)
+    qstarts, rstarts = range(0, nq, chunk), list(range(0, nr, chunk))
+    bar = _progress(len(qstarts) * len(rstarts), "ranking (radius)", progress)
+    for a0 in qstarts:
+        a1 = min(a0 + chunk, nq)
+        a, b, jb = a_thr[a0:a1], b_thr[a0:a1], best[a0:a1]
+        cnt = np.zeros(a1 - a0, dtype=np.int64)
+        for c0 in rstarts:
+            c1 = min(c0 + chunk, nr)
+            s = ops.scores(a0, a1, c0, c1)
+            # columns before j* count on "<=", after it on "<" (stable sort by (distance, index))
+            split = np.clip(np.where(jb >= 0, jb - c0, 0), 0, c1 - c0)
+            cnt += ops.count_split(s, a, b, split)
+            inside = (jb >= c0) & (jb < c1)
+            if inside.any():  # j* itself is never "closer than itself", whatever the GEMM rounding did
+                rows = np.nonzero(inside)[0]
+                sj = ops.gather(s, rows, jb[rows] - c0)
+                cnt[rows] -= (sj > a[rows]).astype(np.int64)
+            if bar is not None:
+                bar.update(1)
+        ranks[a0:a1] = cnt
+    if bar is not None:
+        bar.close()
+    ranks[~has] = nr
+    return (ranks, best) if return_info else ranks
+
+
+# ------------------------------------------------------------------------------------------------------
+# top-k neighbours (localisation, indexes) and the optional FAISS path
+# ------------------------------------------------------------------------------------------------------
+def _merge_topk(dist: np.ndarray, idx: np.ndarray, k: int):
+    """Rows sorted by (distance, index); keep k. ``idx`` must already be ascending along each row."""
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(dist, order, 1), np.take_along_axis(idx, order, 1)
+
+
+def _block_topk(d: np.ndarray, k: int, c0: int):
+    """Exact (distance, index)-ordered top k of one block (k <= columns)."""
+    n = d.shape[1]
+    if k >= n:
+        idx = np.broadcast_to(np.arange(c0, c0 + n), d.shape)
+        return _merge_topk(d, np.ascontiguousarray(idx), k)
+    part = np.argpartition(d, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(d, part, 1)
+    kth = vals.max(axis=1)
+    n_le = np.count_nonzero(d <= kth[:, None], axis=1)
+    part = np.sort(part, axis=1)  # ascending index so the stable sort orders ties by index
+    out_d, out_i = _merge_topk(np.take_along_axis(d, part, 1), part + c0, k)
+    for row in np.nonzero(n_le > k)[0]:  # ties at the k-th distance: take the smallest indices
+        order = np.argsort(d[row], kind="stable")[:k]
+        out_d[row], out_i[row] = d[row, order], order + c0
+    return out_d, out_i
+
+
+def topk_neighbours(query, reference, k: int, chunk_size: int = DEFAULT_CHUNK, backend: str = "auto",
+                    dtype: str = "float32", progress: bool = False):
+    """The k nearest references of every query: ``(indices (Nq, k) int64, distances (Nq, k))``, ordered by
+    distance ``2 - 2 s`` and, among equal distances, by reference index (a stable sort). Chunked: memory
+    O(chunk_size^2 + Nq k). ``k`` larger than the gallery is clipped to it."""
+    dtype = _check_dtype(dtype)
+    q, r = _check_pair(query, reference, dtype, same_count=False)
+    chunk = _check_chunk(chunk_size)
+    try:
+        k = int(k)
+    except (TypeError, ValueError):
+        raise CVGLError(f"k must be a positive integer, got {k!r}") from None
+    if k < 1:
+        raise CVGLError(f"k must be a positive integer, got {k}")
+    k = min(k, r.shape[0])
+    backend = _resolve_backend(backend)
+    if backend == "faiss":
+        faiss = _import_faiss()
+        index = faiss.IndexFlatIP(q.shape[1])
+        index.add(np.ascontiguousarray(r, dtype=np.float32))
+        sims, idx = index.search(np.ascontiguousarray(q, dtype=np.float32), k)
+        return idx.astype(np.int64), distance_from_similarity(sims.astype(dtype))
+    ops = _blocks(backend, q, r)
+    nq, nr = q.shape[0], r.shape[0]
+    out_i = np.zeros((nq, k), dtype=np.int64)
+    out_d = np.zeros((nq, k), dtype=dtype)
+    rstarts = list(range(0, nr, chunk))
+    bar = _progress(len(range(0, nq, chunk)) * len(rstarts), "top-k", progress)
+    for a0 in range(0, nq, chunk):
+        a1 = min(a0 + chunk, nq)
+        run_d = np.zeros((a1 - a0, 0), dtype=dtype)
+        run_i = np.zeros((a1 - a0, 0), dtype=np.int64)
+        for c0 in rstarts:
+            c1 = min(c0 + chunk, nr)
+            d = distance_from_similarity(np.asarray(ops.to_numpy(ops.scores(a0, a1, c0, c1))))
+            bd, bi = _block_topk(d, min(k, c1 - c0), c0)
+            run_d, run_i = _merge_topk(np.concatenate([run_d, bd], 1), np.concatenate([run_i, bi], 1), k)
+            if bar is not None:
+                bar.update(1)
+        out_d[a0:a1], out_i[a0:a1] = run_d, run_i
+    if bar is not None:
+        bar.close()
+    return out_i, out_d
+
+
+def _faiss_search(q, r, kmax, chunk):
+    faiss = _import_faiss()
+    index = faiss.IndexFlatIP(q.shape[1])
+    index.add(np.ascontiguousarray(r, dtype=np.float32))
+    kk = min(kmax, r.shape[0])
+    sims = np.empty((q.shape[0], kk), np.float32)
+    idx = np.empty((q.shape[0], kk), np.int64)
+    for a in range(0, q.shape[0], chunk):
+        sims[a : a + chunk], idx[a : a + chunk] = index.search(np.ascontiguousarray(q[a : a + chunk], np.float32), kk)
+    return sims, idx
+
+
+def _faiss_ranks(q, r, kmax, targets, chunk):
+    """Index-protocol ranks from FAISS top-kmax lists; exact below kmax, censored at kmax."""
+    sims, idx = _faiss_search(q, r, kmax, chunk)
+    d = distance_from_similarity(sims)
+    t = distance_from_similarity(_pair_similarities(q.astype(np.float32), r.astype(np.float32),
+                                                    np.arange(q.shape[0]), targets))
+    in_list = idx == targets[:, None]
+    t = np.where(in_list.any(1), np.where(in_list, d, np.inf).min(1), t).astype(d.dtype)
+    closer = (d < t[:, None]) & ~in_list
+    ranks = np.count_nonzero(closer, axis=1).astype(np.int64)
+    return np.minimum(ranks, idx.shape[1]), idx
+
+
+def _faiss_radius_ranks(q, r, near, kmax, chunk):
+    sims, idx = _faiss_search(q, r, kmax, chunk)
+    ranks = np.full(q.shape[0], r.shape[0], dtype=np.int64)
+    for row, cand in enumerate(near):
+        if cand.size:
+            hit = np.nonzero(np.isin(idx[row], cand))[0]
+            if hit.size:
+                ranks[row] = hit[0]
+    return ranks
+
+
+# ------------------------------------------------------------------------------------------------------
+# the metric
+# ------------------------------------------------------------------------------------------------------
+def recall_at_k(query, reference, ks: Sequence[int] = (1, 5, 10), query_pos=None, reference_pos=None,
+                radius_m: Optional[float] = None, chunk_size: int = DEFAULT_CHUNK, backend: str = "auto",
+                dtype: str = "float32", progress: bool = False, return_ranks: bool = False) -> dict:
+    """Recall at K of ground queries against the aerial references, in percent.
+
+    ``radius_m=None`` selects the index protocol (query k's true match is reference k, positions unused);
+    a radius selects the radius protocol (CVACT_test: 5 m) and needs both position arrays.
+
+    Returns ``{"R@1", "R@5", "R@10", ..., "R@1%", "curve", "curve_k_max", "K_1pct", "N", "N_reference",
+    "protocol", "dtype", "backend"}``: ``R@K`` for every K in ``ks`` (float, percent), ``R@1%`` at
+    K = floor(0.01 N) (None when N < 100), ``curve[K-1] = R@K`` for K = 1..``curve_k_max`` with
+    ``curve_k_max = max(K_1pct, max(ks))``; radius protocol adds ``"radius_m"`` and ``"no_positive"`` (queries
+    with no reference within the radius). ``return_ranks`` adds the rank array under ``"ranks"``.
+    """
+    try:
+        ks = [int(k) for k in ks]
+    except (TypeError, ValueError):
+        raise CVGLError(f"ks must be positive integers, got {ks!r}") from None
+    if not ks or min(ks) < 1:
+        raise CVGLError(f"ks must be positive integers, got {ks!r}")
+    resolved = _resolve_backend(backend)
+    if radius_m is None:
+        ranks = true_match_ranks(query, reference, chunk_size, resolved, dtype, progress)
+        n_ref = ranks.shape[0]
+        protocol = "index"
+        extra = {}
+    else:
+        ranks, best = radius_ranks(query, reference, query_pos, reference_pos, radius_m, chunk_size, resolved,
+                                   dtype, progress, return_info=True)
+        n_ref = int(np.asarray(reference).shape[0])
+        protocol = f"radius_{float(radius_m):g}m"
+        extra = {"radius_m": float(radius_m), "no_positive": int(np.count_nonzero(best < 0))}
+    n = int(ranks.shape[0])
+    k1 = one_percent_k(n)
+    kmax = max(k1, max(ks))
+    hits = recall_from_ranks(ranks, kmax)
+    curve = [100.0 * int(h) / n for h in hits]
+    out = {f"R@{k}": curve[k - 1] for k in ks}
+    out["R@1%"] = curve[k1 - 1] if k1 >= 1 else None
+    out.update({"curve": curve, "curve_k_max": kmax, "K_1pct": k1, "N": n, "N_reference": n_ref,
+                "protocol": protocol, "dtype": _check_dtype(dtype), "backend": resolved})
+    out.update(extra)
+    if return_ranks:
+        out["ranks"] = ranks
+    return out

@@ -1,0 +1,219 @@
+"""Oracle tests of the retrieval metrics (common.retrieval).
+
+Oracles: hand-computed small matrices with ties, the official GeoDTR evaluator's output on the golden
+fixture (tests/fixtures/geodtr/recall.npz, README section 5), and a straightforward dense implementation
+(full N x N distance matrix, strict count / stable argsort) on random quantised data full of ties.
+"""
+
+import numpy as np
+import pytest
+
+from common import retrieval as R
+from common.errors import CVGLError
+
+FIX = "tests/fixtures/geodtr/recall.npz"
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return np.load(FIX)
+
+
+# --- hand-computed ---------------------------------------------------------------------------------------
+# M[k, i] = similarity of ground query k and aerial reference i (distances D = 2 - 2 M, exact on a 1/4 grid).
+M = np.array(
+    [
+        [0.50, 0.50, 0.25, 0.75],  # true 0.5 ties with ref 1 (favours the query); ref 3 is closer -> rank 1
+        [0.25, 1.00, 1.00, 0.00],  # tie with ref 2 only -> rank 0
+        [0.75, 0.75, 0.50, 0.75],  # three strictly closer -> rank 3
+        [0.00, 0.00, 0.00, 0.00],  # all tied -> rank 0 (index protocol)
+    ]
+)
+QUERY = np.eye(4)  # S = QUERY @ REF.T = M
+REF = M.T.copy()
+
+
+def test_hand_matrix_index_protocol():
+    ranks = R.true_match_ranks(QUERY, REF, chunk_size=3, backend="numpy")
+    assert ranks.tolist() == [1, 0, 3, 0]
+    out = R.recall_at_k(QUERY, REF, ks=(1, 2, 3, 4), backend="numpy", chunk_size=2)
+    assert (out["R@1"], out["R@2"], out["R@3"], out["R@4"]) == (50.0, 75.0, 75.0, 100.0)
+    assert out["R@1%"] is None and out["K_1pct"] == 0  # N < 100: R@1% does not exist
+    assert out["protocol"] == "index" and out["N"] == 4
+    assert out["curve"] == [50.0, 75.0, 75.0, 100.0] and out["curve_k_max"] == 4
+
+
+def test_hand_matrix_radius_protocol_duplicate_positions_and_stable_ties():
+    # refs 0 and 1 at the same place; each query stands at its own reference; query 4 is nowhere near.
+    ref_pos = np.array([[0.0, 0.0], [0.0, 0.0], [100.0, 0.0], [0.0, 100.0]])
+    q = np.vstack([QUERY, [[0.0, 0.0, 0.0, 1.0]]])  # query 4 has similarities M.T[:, 3] = row 3 of M.T
+    q_pos = np.vstack([ref_pos, [[500.0, 500.0]]])
+    ranks, best = R.radius_ranks(q, REF, q_pos, ref_pos, 5.0, chunk_size=3, backend="numpy", return_info=True)
+    # q0: refs 0,1 within 5 m, both at s=.5 -> j*=0; only ref 3 (s=.75) before it -> 1.
+    # q1: refs 0 (s=.25), 1 (s=1.0) -> j*=1, nothing closer -> 0.
+    # q2: ref 2 alone (s=.5); refs 0,1,3 at .75 -> 3.
+    # q3: ref 3 alone, every s = 0: the stable sort puts refs 0,1,2 first -> 3 (index protocol said 0).
+    # q4: nothing within 5 m -> never a hit (rank = number of references).
+    assert ranks.tolist() == [1, 0, 3, 3, 4]
+    assert best.tolist() == [0, 1, 2, 3, -1]
+    out = R.recall_at_k(q, REF, ks=(1, 2, 4), query_pos=q_pos, reference_pos=ref_pos, radius_m=5,
+                        backend="numpy")
+    assert out["protocol"] == "radius_5m" and out["no_positive"] == 1
+    assert (out["R@1"], out["R@2"], out["R@4"]) == (20.0, 40.0, 80.0)
+
+
+def test_radius_boundary_is_inclusive():
+    q = np.array([[1.0, 0.0]])
+    ref = np.array([[0.0, 1.0], [1.0, 0.0]])
+    ranks = R.radius_ranks(q, ref, [[0.0, 0.0]], [[3.0, 4.0], [5.0, 0.001]], 5.0, backend="numpy")
+    assert ranks.tolist() == [1]  # ref 0 at exactly 5 m counts, ref 1 just beyond does not
+
+
+def test_one_percent_rounding():
+    assert [R.one_percent_k(n) for n in (8884, 92802, 1290, 99, 100, 199, 200)] == [88, 928, 12, 0, 1, 1, 2]
+    rng = np.random.default_rng(1)
+    ranks = rng.integers(0, 120, size=8884)
+    out_curve = R.recall_from_ranks(ranks, 88)
+    naive = [int(np.sum(ranks < k)) for k in range(1, 89)]
+    assert out_curve.tolist() == naive
+
+
+# --- golden fixture (official validatenp) --------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("chunk", [1290, 97])
+def test_golden_n1290_exact(golden, dtype, chunk):
+    ranks = R.true_match_ranks(golden["n1290/grd"], golden["n1290/sat"], chunk_size=chunk, backend="numpy",
+                               dtype=dtype)
+    assert np.array_equal(ranks, golden["n1290/helper_rank"])
+    assert np.array_equal(R.official_recall_array(ranks), golden["n1290/val_accuracy"])
+    out = R.recall_at_k(golden["n1290/grd"], golden["n1290/sat"], chunk_size=chunk, backend="numpy", dtype=dtype)
+    assert out["K_1pct"] == 12
+    for key, ref in (("R@1", "R1"), ("R@5", "R5"), ("R@10", "R10"), ("R@1%", "R1pct")):
+        assert out[key] == pytest.approx(100 * float(golden[f"n1290/{ref}"]), abs=1e-12)
+
+
+def test_golden_n50(golden):
+    ranks = R.true_match_ranks(golden["n50/grd"], golden["n50/sat"], chunk_size=16, backend="numpy")
+    assert np.array_equal(ranks, golden["n50/helper_rank"])
+    assert np.array_equal(R.official_recall_array(ranks), golden["n50/val_accuracy"])
+
+
+# --- the threshold trick is exact ------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_similarity_threshold_matches_distance_comparison(dtype):
+    rng = np.random.default_rng(2)
+    s0 = rng.uniform(-1, 1, 200).astype(dtype)
+    t = R.distance_from_similarity(s0)
+    for strict in (True, False):
+        a = R._threshold(t, strict=strict)
+        s = s0.copy()
+        for _ in range(40):  # walk 40 ulps each side of the boundary
+            for direction in (-np.inf, np.inf):
+                s = np.nextafter(s, dtype(direction))
+                d = R.distance_from_similarity(s)
+                expect = d < t if strict else d <= t
+                assert np.array_equal(expect, s > a)
+            s = s0.copy()
+
+
+# --- dense oracle on random data with ties ---------------------------------------------------------------
+def _tied_data(n, d=6, seed=3):
+    rng = np.random.default_rng(seed)
+    ref = rng.integers(-2, 3, size=(n, d)) / 8.0
+    ref[rng.choice(n, n // 10, replace=False)] = ref[rng.choice(n, n // 10, replace=False)]  # duplicates
+    query = ref + rng.integers(-1, 2, size=(n, d)) / 8.0
+    pos = rng.integers(0, 12, size=(n, 2)).astype(np.float64) * 2.0  # many shared / 2 m-apart positions
+    qpos = pos + rng.integers(-2, 3, size=(n, 2))
+    return query, ref, qpos, pos
+
+
+def _dense_index_ranks(q, r):
+    d = 2 - 2 * (q @ r.T)
+    return (d < np.diag(d)[:, None]).sum(1)
+
+
+def _dense_radius_ranks(q, r, qpos, rpos, radius):
+    d = 2 - 2 * (q @ r.T)
+    order = np.argsort(d, axis=1, kind="stable")
+    near = np.sqrt(((qpos[:, None, :] - rpos[None, :, :]) ** 2).sum(-1)) <= radius
+    hit = np.take_along_axis(near, order, 1)
+    return np.where(hit.any(1), hit.argmax(1), r.shape[0])
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 1000])
+def test_chunked_equals_dense(chunk):
+    q, r, qpos, rpos = _tied_data(257)
+    assert np.array_equal(R.true_match_ranks(q, r, chunk_size=chunk, backend="numpy"), _dense_index_ranks(q, r))
+    assert np.array_equal(R.radius_ranks(q, r, qpos, rpos, 5.0, chunk_size=chunk, backend="numpy"),
+                          _dense_radius_ranks(q, r, qpos, rpos, 5.0))
+    idx, dist = R.topk_neighbours(q, r, 9, chunk_size=chunk, backend="numpy")
+    dense = 2 - 2 * (q @ r.T)
+    order = np.argsort(dense, axis=1, kind="stable")[:, :9]
+    assert np.array_equal(idx, order)
+    assert np.array_equal(dist, np.take_along_axis(dense, order, 1).astype(np.float32))
+
+
+def test_radius_gallery_larger_than_queries():
+    q, r, qpos, rpos = _tied_data(120, seed=4)
+    assert np.array_equal(R.radius_ranks(q[:50], r, qpos[:50], rpos, 3.0, chunk_size=16, backend="numpy"),
+                          _dense_radius_ranks(q[:50], r, qpos[:50], rpos, 3.0))
+
+
+def test_tf_equals_numpy():
+    q, r, qpos, rpos = _tied_data(150, seed=5)
+    for dtype in ("float32", "float64"):
+        assert np.array_equal(R.true_match_ranks(q, r, chunk_size=64, backend="tf", dtype=dtype),
+                              R.true_match_ranks(q, r, chunk_size=64, backend="numpy", dtype=dtype))
+    assert np.array_equal(R.radius_ranks(q, r, qpos, rpos, 5.0, chunk_size=64, backend="tf"),
+                          R.radius_ranks(q, r, qpos, rpos, 5.0, chunk_size=64, backend="numpy"))
+    ti, td = R.topk_neighbours(q, r, 5, chunk_size=64, backend="tf")
+    ni, nd = R.topk_neighbours(q, r, 5, chunk_size=64, backend="numpy")
+    assert np.array_equal(ti, ni) and np.array_equal(td, nd)
+
+
+def test_faiss_backend_when_installed():
+    pytest.importorskip("faiss")
+    q, r, qpos, rpos = _tied_data(300, seed=6)
+    q = q + np.random.default_rng(0).normal(0, 1e-3, q.shape)  # FAISS orders ties its own way: avoid them
+    ranks = R.true_match_ranks(q, r, backend="numpy")
+    fr = R.true_match_ranks(q, r, backend="faiss")
+    np.testing.assert_array_equal(np.minimum(ranks, 3), np.minimum(fr, 3))  # exact below K_1pct = 3
+
+
+def test_faiss_missing_is_a_clear_error():
+    try:
+        import faiss  # noqa: F401
+
+        pytest.skip("faiss is installed")
+    except ImportError:
+        pass
+    with pytest.raises(CVGLError, match="faiss-cpu"):
+        R.recall_at_k(QUERY, REF, backend="faiss")
+
+
+# --- bad input -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(query=np.ones((3, 4)), reference=np.ones((4, 4))), "one reference per query"),
+        (dict(query=np.ones((3, 4)), reference=np.ones((3, 5))), "different dimensions"),
+        (dict(query=np.ones(4), reference=np.ones((4, 4))), "2-D"),
+        (dict(query=np.zeros((0, 4)), reference=np.zeros((0, 4))), "empty"),
+        (dict(query=np.array([[1.0, np.nan]]), reference=np.ones((1, 2))), "NaN or inf"),
+        (dict(query=np.ones((2, 2)), reference=np.array([[1.0, 0], [np.inf, 0]])), "NaN or inf.*row 1"),
+        (dict(query=np.ones((2, 2)), reference=np.ones((2, 2)), radius_m=5.0), "needs query positions"),
+        (dict(query=np.ones((2, 2)), reference=np.ones((2, 2)), radius_m=5.0, query_pos=np.zeros((2, 2))),
+         "needs reference positions"),
+        (dict(query=np.ones((2, 2)), reference=np.ones((2, 2)), radius_m=5.0, query_pos=np.zeros((3, 2)),
+              reference_pos=np.zeros((2, 2))), "3 rows"),
+        (dict(query=np.ones((2, 2)), reference=np.ones((2, 2)), radius_m=-1, query_pos=np.zeros((2, 2)),
+              reference_pos=np.zeros((2, 2))), "positive"),
+        (dict(query=np.ones((2, 2)), reference=np.ones((2, 2)), backend="cuda"), "backend"),
+        (dict(query=np.ones((2, 2)), reference=np.ones((2, 2)), chunk_size=0), "chunk_size"),
+        (dict(query=np.ones((2, 2)), reference=np.ones((2, 2)), ks=(0, 1)), "ks"),
+        (dict(query=np.ones((2, 2)), reference=np.ones((2, 2)), dtype="float16"), "dtype"),
+    ],
+)
+def test_bad_input_raises(kwargs, match):
+    with pytest.raises(CVGLError, match=match):
+        R.recall_at_k(**kwargs)
