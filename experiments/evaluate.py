@@ -1,0 +1,338 @@
+"""Evaluate a model on a CVUSA / CVACT split: R@1, R@5, R@10, R@1% with the exact published protocols.
+
+    python -m experiments.evaluate --dataset cvusa --split val --root DATA/CVUSA --run runs/geodtr_cvusa
+    python -m experiments.evaluate --dataset cvact --split test --root DATA/CVACT --export exports/geodtr_act
+
+Embeds both views of the split (progress bar), ranks every ground query against every aerial image with
+:mod:`common.retrieval` (chunked, exact, never the N x N matrix), prints a table, and writes a JSON file and a
+recall-curve PNG next to it.
+
+Protocols (SAFA / GeoDTR evaluators for CVUSA and CVACT_val; OriCNN ``RecallGeo.m`` for CVACT_test):
+``index`` -- query k's true match is aerial k, strict rank (ties favour the query); ``radius`` -- a hit at K
+when any of the top-K aerials lies within ``--radius-m`` metres (UTM) of the query (CVACT_test: 5 m,
+92,802 x 92,802). ``auto`` picks radius for CVACT test and index otherwise; ``--protocol index`` (alias
+``id``) on CVACT test gives the exact-id variant some papers report. The JSON and the table say which ran.
+
+Cross-area evaluation ("--cross-area") is not a separate mode: evaluate a run trained on one dataset (or one
+synthetic city) with ``--dataset/--root`` of the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from common.errors import CVGLError, require_dir, require_file, run_cli
+
+HEADLINE = ("R@1", "R@5", "R@10", "R@1%")
+
+
+# ------------------------------------------------------------------------------------------------------
+# loading the model
+# ------------------------------------------------------------------------------------------------------
+def _register_families() -> list:
+    """Import the model families so their layers are registered for ``.keras`` loading."""
+    import importlib
+
+    problems = []
+    for name in ("geodtr_tf", "mgtl_tf", "mgtl_tf.safa"):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - a broken family must not hide the others
+            problems.append(f"{name}: {exc}")
+    return problems
+
+
+def config_hash(cfg) -> str | None:
+    """sha256 (first 12 hex digits) of a resolved config, key-order independent (as the training run)."""
+    if not cfg:
+        return None
+    try:
+        from common.training.recipe import config_hash as _hash
+
+        return _hash(cfg)
+    except ImportError:
+        return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _read_yaml(path: str) -> dict:
+    import yaml
+
+    try:
+        with open(path) as fh:
+            cfg = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError) as exc:
+        raise CVGLError(f"cannot read config {path} ({exc}); restore it or pass --weights FILE.keras") from None
+    if not isinstance(cfg, dict):
+        raise CVGLError(f"config {path} is not a YAML mapping")
+    return cfg
+
+
+def load_keras_model(path: str):
+    import keras
+
+    require_file(path, "model file", "pass a .keras file written by training (RUN/checkpoints/best.keras)")
+    if not path.endswith(".keras"):
+        raise CVGLError(f"--weights expects a .keras model file, got {path} (export directories go to --export)")
+    problems = _register_families()
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        hint = f" (model families failed to import: {'; '.join(problems)})" if problems else ""
+        raise CVGLError(f"cannot load model {path}: {first}{hint}; is it a complete .keras file?") from None
+    if not (hasattr(model, "embed_ground") and hasattr(model, "embed_aerial")):
+        raise CVGLError(f"{path} holds a {type(model).__name__}, not a cross-view model with embed_ground/"
+                        "embed_aerial")
+    return model
+
+
+def load_source(args):
+    """(model, raw_input, info) for --run / --weights / --export."""
+    if args.run:
+        run = require_dir(args.run, "run directory", "pass the --out directory of experiments.train")
+        ckpt = os.path.join(run, "checkpoints", "best.keras")
+        require_file(ckpt, "best checkpoint", "the run has not finished an epoch yet; or pass --weights "
+                                              f"{os.path.join(run, 'checkpoints', 'last.keras')}")
+        cfg_path = os.path.join(run, "config.yaml")
+        cfg = _read_yaml(require_file(cfg_path, "run config", "the run directory is incomplete"))
+        model = load_keras_model(ckpt)
+        return model, False, {"kind": "run", "path": os.path.abspath(run), "config": cfg.get("name"),
+                              "config_hash": config_hash(cfg), "model": cfg.get("name") or model.name}
+    if args.weights:
+        model = load_keras_model(args.weights)
+        cfg = None
+        guess = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(args.weights))), "config.yaml")
+        if os.path.isfile(guess):
+            cfg = _read_yaml(guess)
+        name = (cfg or {}).get("name") or os.path.splitext(os.path.basename(args.weights))[0]
+        return model, False, {"kind": "weights", "path": os.path.abspath(args.weights),
+                              "config": (cfg or {}).get("name"), "config_hash": config_hash(cfg), "model": name}
+    export_dir = require_dir(args.export, "export directory", "pass the --out directory of experiments.export")
+    cfg_path = os.path.join(export_dir, "config.yaml")
+    cfg = _read_yaml(cfg_path) if os.path.isfile(cfg_path) else None
+    load_export = None
+    if os.path.isfile(os.path.join(export_dir, "export.json")):  # a full export: verify its fingerprint
+        try:
+            from common.export import load_export
+        except ImportError:
+            pass
+    if load_export is not None:
+        model = load_export(export_dir)
+    else:  # a bare SavedModel with the two raw-image endpoints
+        import tensorflow as tf
+
+        sm = require_dir(os.path.join(export_dir, "saved_model"), "SavedModel", "re-run experiments.export")
+        try:
+            model = tf.saved_model.load(sm)
+        except Exception as exc:  # noqa: BLE001
+            raise CVGLError(f"cannot load the SavedModel in {sm} ({str(exc)[:200]}); re-run experiments.export") \
+                from None
+        for name in ("embed_ground", "embed_aerial"):
+            if not hasattr(model, name):
+                raise CVGLError(f"the SavedModel in {sm} has no {name} endpoint; re-run experiments.export")
+    name = (cfg or {}).get("name") or os.path.basename(os.path.normpath(export_dir))
+    return model, True, {"kind": "export", "path": os.path.abspath(export_dir), "config": (cfg or {}).get("name"),
+                         "config_hash": config_hash(cfg), "model": name}
+
+
+# ------------------------------------------------------------------------------------------------------
+# output
+# ------------------------------------------------------------------------------------------------------
+def _fmt(v) -> str:
+    return "   n/a" if v is None else f"{v:6.2f}"
+
+
+def format_table(result: dict) -> str:
+    prot = result["protocol"]
+    lines = [
+        f"model {result['model']} | {result['dataset']} {result['split']} | N = {result['N']:,} | protocol {prot}"
+        + (f" ({result['no_positive']} queries without a match in range)" if result.get("no_positive") else ""),
+        "  " + "  ".join(f"{k:>6}" for k in HEADLINE) + f"   (R@1% is R@{result['K_1pct']})",
+        "  " + "  ".join(_fmt(result["metrics"][k]) for k in HEADLINE),
+        f"  embed {result['time']['embed_s']:.1f} s, retrieval {result['time']['retrieval_s']:.1f} s "
+        f"({result['backend']}, {result['dtype']})",
+    ]
+    return "\n".join(lines)
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def plot_curve(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import io
+
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401
+
+    curve = result["curve"]
+    ks = np.arange(1, len(curve) + 1)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(ks, curve, lw=2, label=f"{result['model']}")
+    marks = {k: f"R@{k}" for k in (1, 5, 10)}
+    if result["K_1pct"] >= 1:
+        marks[result["K_1pct"]] = f"{marks.get(result['K_1pct'], '')} R@1%".strip()
+    for k, label in sorted(marks.items()):
+        if k <= len(curve):
+            ax.plot([k], [curve[k - 1]], "o", color="C3")
+            ax.annotate(f"{label} {curve[k - 1]:.1f}", (k, curve[k - 1]), textcoords="offset points",
+                        xytext=(4, -12), fontsize=8)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xscale("log")
+    ax.set_xlabel("K (top-K aerial images)")
+    ax.set_ylabel("recall@K (%)")
+    ax.set_ylim(0, 100.5)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(f"{result['dataset']} {result['split']}, N={result['N']:,}, protocol {result['protocol']}",
+                 fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    _atomic_write(path, buf.getvalue())
+
+
+def resolve_protocol(args) -> str:
+    p = {"id": "index"}.get(args.protocol, args.protocol)
+    if p == "auto":
+        return "radius" if (args.dataset == "cvact" and args.split == "test") else "index"
+    return p
+
+
+# ------------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.evaluate",
+        description="Recall@K (R@1, R@5, R@10, R@1%%) of a model on a CVUSA/CVACT split, ground queries "
+        "against all aerial images. Writes a JSON file and a recall-curve PNG. Cross-area evaluation: give a "
+        "run trained on one dataset (or synthetic city) and --dataset/--root of the other.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--dataset", required=True, choices=("cvusa", "cvact"), help="dataset layout under --root")
+    p.add_argument("--split", required=True, choices=("val", "test"),
+                   help="val: CVUSA val-19zl (8,884) or CVACT valSet (8,884); test: CVACT valSetAll (92,802)")
+    p.add_argument("--root", required=True, help="dataset root directory (the layout of --dataset)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="training run directory: loads RUN/checkpoints/best.keras and RUN/config.yaml")
+    src.add_argument("--weights", help="a .keras model file (any family; the families are imported to load it)")
+    src.add_argument("--export", help="an export directory: its SavedModel embeds the raw uint8 image files")
+    p.add_argument("--batch-size", type=int, default=32, help="images per embedding batch")
+    p.add_argument("--out", help="JSON path (default: RUN/eval_<dataset>_<split>.json with --run, else "
+                                 "./eval_<dataset>_<split>.json); the PNG curve is written beside it")
+    p.add_argument("--protocol", choices=("auto", "index", "id", "radius"), default="auto",
+                   help="auto: radius for CVACT test, index otherwise; index (alias id): exact-id match; "
+                        "radius: any top-K aerial within --radius-m metres (needs positions)")
+    p.add_argument("--radius-m", type=float, default=5.0, help="radius of the radius protocol, metres")
+    p.add_argument("--chunk-size", type=int, default=4096,
+                   help="queries/references per block of the score matrix (memory ~ chunk^2 floats)")
+    p.add_argument("--backend", choices=("auto", "tf", "numpy", "faiss"), default="auto",
+                   help="retrieval backend: auto = TF on a GPU if visible, else NumPy; faiss needs faiss-cpu")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="distance arithmetic; float64 matches the official float64 evaluators bit for bit")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="drop pairs with missing image files (listed) instead of failing; changes N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise CVGLError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.chunk_size < 1:
+        raise CVGLError(f"--chunk-size must be positive, got {args.chunk_size}")
+    if args.dataset == "cvusa" and args.split == "test":
+        raise CVGLError("CVUSA has no test split: its published numbers are on val-19zl (use --split val)")
+    protocol = resolve_protocol(args)
+    require_dir(args.root, "dataset root", f"pass the {args.dataset.upper()} directory with --root")
+    t_start = time.perf_counter()
+
+    from common.data.readers import read_split
+    from common.data.records import positions_array
+    from common.embedding import embed_records
+    from common.retrieval import recall_at_k
+
+    records = read_split(args.dataset, args.root, args.split, allow_missing=args.allow_missing)
+    if not records:
+        raise CVGLError(f"{args.dataset} {args.split} under {args.root} has no pairs; check --root/--split")
+    positions = None
+    if protocol == "radius":
+        positions = positions_array(records)
+        if positions is None:
+            raise CVGLError(f"the radius protocol needs a position for every pair, but {args.dataset} "
+                            f"{args.split} under {args.root} has none (CVACT: ACT_data.mat utm; CVUSA: "
+                            "coordinates.csv); use --protocol index")
+
+    model, raw, info = load_source(args)
+    progress = not args.no_progress
+    t0 = time.perf_counter()
+    ground, aerial = embed_records(model, records, batch_size=args.batch_size, progress=progress, raw=raw)
+    t_embed = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    metrics = recall_at_k(ground, aerial, ks=(1, 5, 10), query_pos=positions, reference_pos=positions,
+                          radius_m=args.radius_m if protocol == "radius" else None, chunk_size=args.chunk_size,
+                          backend=args.backend, dtype=args.dtype, progress=progress)
+    t_ret = time.perf_counter() - t0
+
+    result = {
+        "model": info["model"],
+        "config": info["config"],
+        "config_hash": info["config_hash"],
+        "source": {"kind": info["kind"], "path": info["path"]},
+        "dataset": args.dataset,
+        "split": args.split,
+        "root": os.path.abspath(args.root),
+        "protocol": metrics["protocol"],
+        "metrics": {k: metrics[k] for k in HEADLINE},
+        "N": metrics["N"],
+        "N_reference": metrics["N_reference"],
+        "K_1pct": metrics["K_1pct"],
+        "descriptor_dim": int(ground.shape[1]),
+        "curve": metrics["curve"],
+        "backend": metrics["backend"],
+        "dtype": metrics["dtype"],
+        "time": {"embed_s": round(t_embed, 3), "retrieval_s": round(t_ret, 3),
+                 "total_s": round(time.perf_counter() - t_start, 3)},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    for key in ("radius_m", "no_positive"):
+        if key in metrics:
+            result[key] = metrics[key]
+
+    out = args.out or os.path.join(args.run or ".", f"eval_{args.dataset}_{args.split}.json")
+    _atomic_write(out, (json.dumps(result, indent=2) + "\n").encode())
+    png = os.path.splitext(out)[0] + ".png"
+    plot_curve(result, png)
+    print(format_table(result))
+    print(f"wrote {out} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])
