@@ -48,10 +48,24 @@ class CrossViewModel(keras.Model):
         raise NotImplementedError
 
     def gather_outputs(self, outputs):
-        """Hook for the training system: gather per-sample outputs across replicas (identity here)."""
-        return outputs
+        """Gather per-sample outputs (batch on axis 0) across replicas, so the loss sees the global batch.
+
+        Identity on one device and off the TensorFlow backend; under a ``tf.distribute`` strategy with
+        several replicas an all-gather in the replica context (:mod:`common.training.distribute`).
+        """
+        from common.training.distribute import gather_across_replicas
+
+        return gather_across_replicas(outputs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The family loss on the whole global batch, in float32.
+
+        Under R > 1 replicas every replica computes the loss of the gathered global batch; the value is
+        divided by R (Keras' per-replica convention: gradients are summed over replicas, the logged loss is
+        multiplied back), which makes the summed gradients equal to the one-device gradients.
+        """
+        from common.training.distribute import loss_scale_for_replicas
+
         positions = x.get("position") if isinstance(x, dict) else None
         outputs = dict(y_pred)
         if positions is not None:
@@ -62,6 +76,9 @@ class CrossViewModel(keras.Model):
         extra = self.losses
         if extra:
             loss = loss + ops.cast(ops.sum([ops.cast(v, "float32") for v in extra]), "float32")
+        scale = loss_scale_for_replicas()
+        if scale != 1.0:
+            loss = loss * scale
         return loss
 
     # --- reporting -----------------------------------------------------------------------------------

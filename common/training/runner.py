@@ -1,0 +1,265 @@
+"""One training run over ``model.fit``: recipe -> strategy / precision -> model + optimizer -> callbacks ->
+run directory. :mod:`experiments.train` (the CLI) and :mod:`experiments.demo` call :func:`run_training`.
+
+Run directory::
+
+    RUN/config.yaml            the resolved config (paper row + overrides + flags), written before training
+    RUN/checkpoints/best.keras the epoch with the best validation R@1 (the papers' selection rule)
+    RUN/checkpoints/last.keras the last finished epoch
+    RUN/backup/                resume state (weights + optimizer + epoch + best so far), see ResumeState
+    RUN/logs/train.csv         one row per epoch (loss, lr, val_R@1 ...), appended across resumes
+    RUN/logs/tensorboard/      TensorBoard event files
+    RUN/results.json           val metrics of the best checkpoint, epochs, time, config hash
+
+Rerunning the same command on an existing run directory resumes it (same config hash required); a finished
+run is reported as such and left alone.
+
+Fault hooks for the tests (environment variables, inactive unless set): ``CVGL_TEST_KILL_AT=EPOCH:STEP``
+(SIGKILL after that step) and ``CVGL_TEST_NAN_AT=STEP`` (the ground images of that global training step,
+1-based, become NaN).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from typing import Callable, Optional
+
+import keras
+import numpy as np
+import yaml
+
+from common.errors import CVGLError
+from common.training import callbacks as cb
+from common.training.distribute import is_chief, make_strategy
+from common.training.optim import build_optimizer, set_precision
+from common.training.recipe import config_hash
+from common.training.schedule import EpochLearningRate, check_schedule
+
+NAN_ENV = "CVGL_TEST_NAN_AT"
+
+
+@dataclasses.dataclass
+class TrainData:
+    """What a run trains and validates on.
+
+    ``train_dataset(batch_size, seed)`` returns a ``tf.data.Dataset`` of global batches (dicts of
+    normalised float32 images ``ground`` / ``aerial`` [+ ``position``]), one epoch long;
+    ``n_train`` its number of pairs; ``example`` a dict of arrays with batch 1 to build the model;
+    ``embed_val(model) -> (ground, aerial)`` the validation embeddings (None: no validation);
+    ``val_note`` what the validation split is (printed, and kept in results.json).
+    """
+
+    train_dataset: Callable
+    n_train: int
+    example: dict
+    embed_val: Optional[Callable] = None
+    val_note: str = "val"
+    n_val: int = 0
+
+
+def records_data(cfg: dict, root: str, spec, seed: int = 0, val_split: str = "val",
+                 embed_batch_size: int = 32) -> TrainData:
+    """:class:`TrainData` from a dataset folder in the CVUSA / CVACT layout (the project readers/pipeline)."""
+    from common.data.pipeline import make_dataset
+    from common.data.readers import read_split
+    from common.data.records import positions_array
+
+    dataset = cfg["dataset"]
+    train_records = read_split(dataset, root, "train")
+    val_records = read_split(dataset, root, val_split) if val_split else []
+    with_positions = dataset == "cvact" and positions_array(train_records) is not None
+    train_cfg = cfg["train"]
+
+    def train_dataset(batch_size, seed_):
+        return make_dataset(train_records, spec, batch_size, training=True, augment=cfg.get("augment"),
+                            seed=seed_, drop_remainder=bool(train_cfg.get("drop_remainder", False)),
+                            with_positions=with_positions)
+
+    example = {"ground": np.zeros((1, *spec.ground_size, 3), "float32"),
+               "aerial": np.zeros((1, *spec.aerial_size, 3), "float32")}
+    if with_positions:
+        example["position"] = np.zeros((1, 2), "float32")
+
+    embed_val = None
+    if val_records:
+        def embed_val(model):
+            from common.embedding import embed_records
+
+            return embed_records(model, val_records, spec, embed_batch_size)
+
+    note = f"{dataset} {val_split} ({len(val_records)} pairs)"
+    if dataset == "cvusa" and val_split == "val":
+        note += "; CVUSA has no separate val split: this is the test split, as in the papers"
+    return TrainData(train_dataset, len(train_records), example, embed_val, note, len(val_records))
+
+
+def _inject_nan(ds, step: int):
+    import tensorflow as tf
+
+    def put(i, batch):
+        batch = dict(batch)
+        bad = tf.equal(i, step - 1)
+        batch["ground"] = tf.where(bad, batch["ground"] * float("nan"), batch["ground"])
+        return batch
+
+    return ds.enumerate().map(put)
+
+
+def _check_existing_run(out: str, cfg_hash: str):
+    path = os.path.join(out, "config.yaml")
+    if not os.path.exists(path):
+        return
+    with open(path) as fh:
+        old = yaml.safe_load(fh) or {}
+    old_hash = config_hash(old)
+    if old_hash != cfg_hash:
+        raise CVGLError(
+            f"run directory {out} holds a run of another config (hash {old_hash}, this one {cfg_hash}); "
+            "use a new --out, or delete that directory to start over"
+        )
+
+
+def run_training(cfg: dict, out: str, data: TrainData, *, strategy: str = "auto", precision: str = "off",
+                 seed: int = 0, steps_per_epoch: Optional[int] = None, verbose: int | None = None,
+                 validate_every: int = 1, log=print, build_fn=None) -> dict:
+    """Train ``cfg`` (resolved) into run directory ``out``; returns the results dict (also results.json)."""
+    train_cfg = cfg["train"]
+    epochs = int(train_cfg["epochs"])
+    batch_size = int(train_cfg["batch_size"])
+    if epochs < 1 or batch_size < 2:
+        raise CVGLError(f"train.epochs must be >= 1 and train.batch_size >= 2 (the triplet loss needs a "
+                        f"negative); got epochs={epochs}, batch_size={batch_size}")
+    schedule = check_schedule(train_cfg.get("schedule"))
+    cfg_hash = config_hash(cfg)
+    _check_existing_run(out, cfg_hash)
+    chief = is_chief()
+
+    keras.utils.set_random_seed(seed)
+    policy = set_precision(precision)
+    strat = make_strategy(strategy) if keras.backend.backend() == "tensorflow" else None
+    replicas = strat.num_replicas_in_sync if strat is not None else 1
+
+    os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
+    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+    if chief:
+        cb.atomic_write_text(os.path.join(out, "config.yaml"), yaml.safe_dump(cfg, sort_keys=False))
+
+    if build_fn is None:
+        from common.config import build_model as build_fn
+
+    scope = strat.scope() if strat is not None else _nullcontext()
+    with scope:
+        model = build_fn(cfg)
+        model(data.example, training=False)
+        optimizer = build_optimizer(train_cfg.get("optimizer"), precision=precision, num_replicas=replicas)
+        model.compile(optimizer=optimizer, jit_compile=False)
+
+    # One pass of the dataset is one epoch; it is repeated and cut into epochs by steps_per_epoch, so a
+    # shorter --steps-per-epoch still walks through all the data over the epochs.
+    steps = data.n_train // batch_size if train_cfg.get("drop_remainder") else math.ceil(data.n_train / batch_size)
+    if steps_per_epoch is not None:
+        steps = int(steps_per_epoch)
+    if steps < 1:
+        raise CVGLError(f"{data.n_train} training pairs give no batch of {batch_size}; lower --batch-size")
+    ds = data.train_dataset(batch_size, seed).repeat()
+    nan_at = os.environ.get(NAN_ENV)
+    if nan_at:
+        ds = _inject_nan(ds, int(nan_at))
+
+    state = cb.RunState("val_R@1" if data.embed_val is not None else "-loss")
+    backup_dir = os.path.join(out, "backup") if chief else os.path.join(out, "backup", f"worker-{os.getpid()}")
+    resume = cb.ResumeState(backup_dir, state)
+    callbacks = [EpochLearningRate(float(train_cfg["optimizer"]["learning_rate"]), schedule, epochs), cb.NanGuard(state)]
+    validation = None
+    if data.embed_val is not None:
+        validation = cb.RecallValidation(data.embed_val, state, epochs, every=validate_every)
+        callbacks.append(validation)
+    callbacks += [cb.Checkpoints(os.path.join(out, "checkpoints"), state, chief=chief), resume]
+    if chief:
+        callbacks.append(keras.callbacks.CSVLogger(os.path.join(out, "logs", "train.csv"), append=True))
+        if _tensorboard_available():
+            callbacks.append(keras.callbacks.TensorBoard(os.path.join(out, "logs", "tensorboard"),
+                                                         write_graph=False, profile_batch=0))
+        else:
+            log("TensorBoard logging off: the tensorboard package is not installed (pip install tensorboard)")
+    kill_at = os.environ.get(cb.KILL_ENV)
+    if kill_at:
+        callbacks.append(cb.KillSwitch(kill_at))
+
+    saved = resume.read()
+    start = int(saved["epoch"]) if saved else 0
+    log(f"run directory: {out}   config hash {cfg_hash}")
+    log(f"strategy: {type(strat).__name__ if strat is not None else keras.backend.backend()} "
+        f"({replicas} replica{'s' if replicas > 1 else ''}), global batch {batch_size}"
+        f"{f' = {replicas} x {batch_size // replicas}' if replicas > 1 else ''}, precision {policy}")
+    log(f"training pairs: {data.n_train}, {steps} steps per epoch, {epochs} epochs, "
+        f"schedule {schedule['name']} stepped per epoch; validation: {data.val_note if data.embed_val else 'off'}")
+    if start >= epochs:
+        log(f"already complete: {start}/{epochs} epochs in {out} (results.json is up to date)")
+    elif start:
+        log(f"resuming from the saved state after epoch {start}/{epochs}")
+
+    t0 = time.time()
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    if start < epochs:
+        model.fit(ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=verbose, shuffle=False)
+    elapsed = time.time() - t0
+    if state.nan_at is not None:
+        e, s = state.nan_at
+        last = os.path.join(out, "checkpoints", "last.keras")
+        kept = (f"the last good checkpoint {last} (epoch {len(state.history)}) is intact"
+                if os.path.exists(last) else "no epoch had finished, so no checkpoint was written")
+        raise CVGLError(f"training loss became NaN at epoch {e}, step {s}; stopped, {kept}. Lower "
+                        f"train.optimizer.learning_rate or check the input images; rerunning the same "
+                        f"command resumes from the last good epoch")
+    results = _results(cfg, cfg_hash, state, data, epochs, elapsed, policy, strategy, replicas, resume.resumed_from)
+    if chief:
+        cb.atomic_write_json(os.path.join(out, "results.json"), results)
+    return results
+
+
+def _results(cfg, cfg_hash, state, data, epochs, elapsed, policy, strategy, replicas, resumed_from) -> dict:
+    best = next((h for h in state.history if h["epoch"] == state.best_epoch), None) or {}
+    metrics = {k: best.get(f"val_{k}") for k in ("R@1", "R@5", "R@10", "R@1%")}
+    metrics = {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in metrics.items()}
+    return {
+        "config": cfg.get("name"),
+        "config_hash": cfg_hash,
+        "family": cfg["model"].get("family"),
+        "dataset": cfg.get("dataset"),
+        "split": "val",
+        "protocol": "index",
+        "val_note": data.val_note,
+        "metrics": metrics,
+        "best_epoch": state.best_epoch,
+        "selected_by": state.monitor,
+        "epochs": epochs,
+        "epochs_done": len(state.history),
+        "time_s": round(sum(h.get("epoch_time_s", 0.0) for h in state.history), 2),
+        "time_this_session_s": round(elapsed, 2),
+        "resumed_from_epoch": resumed_from,
+        "precision": policy,
+        "strategy": strategy,
+        "replicas": replicas,
+        "checkpoint": "checkpoints/best.keras",
+        "history": state.history,
+    }
+
+
+def _tensorboard_available() -> bool:
+    import importlib.util
+
+    return keras.backend.backend() == "tensorflow" and importlib.util.find_spec("tensorboard") is not None
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,32 @@
+"""Run one tiny training in this process (used by tests/test_train_resume.py through a subprocess).
+
+Usage: python tests/_train_run_worker.py RUN_DIR EPOCHS. Data: 48 random pairs (seeded), the tiny two-tower
+model of tests/train_tiny.py, AdamW + warm-up cosine, validation on 24 pairs. The fault hooks
+(CVGL_TEST_KILL_AT, CVGL_TEST_NAN_AT) come from the environment, as for the real command.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from common.errors import run_cli  # noqa: E402
+from tests.train_tiny import tiny_config, array_data, build_tiny  # noqa: E402
+
+
+def main(argv=None):
+    from common.training.runner import run_training
+
+    out, epochs = sys.argv[1], int(sys.argv[2])
+    cfg = tiny_config(epochs)
+    run_training(cfg, out, array_data(), strategy="auto", seed=0, verbose=0, build_fn=build_tiny)
+    print("finished")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    run_cli(main)
