@@ -1,0 +1,170 @@
+"""ResNet-34 trunk as GeoDTR uses it (torchvision layout, max-pool removed, stride 16).
+
+GeoDTR (Zhang et al., AAAI 2023; geodtr.md §2) keeps ``conv1`` (7x7/2) + ``bn1`` + ReLU and ``layer1`` to
+``layer4`` of torchvision's ``resnet34`` (BasicBlocks [3, 4, 6, 3]; He et al., CVPR 2016) and drops the
+max-pool, the average pool and the classifier, so a 122x671 input gives an 8x42x512 map and a 256x256 input
+a 16x16x512 map. Output is taken after the last ReLU (r ≥ 0).
+
+To make the pixels line up with PyTorch every padded convolution is an explicit symmetric
+``ZeroPadding2D(p)`` followed by a ``valid`` convolution (conv1 p=3, every 3x3 p=1; the 1x1 downsample has
+no padding): Keras ``padding="same"`` pads bottom/right only at stride 2 (geodtr.md §13.2). BatchNorm uses
+epsilon 1e-5 and momentum 0.9 (= PyTorch momentum 0.1).
+
+Weight names: :meth:`ResNet34.torch_layers` maps every torchvision state-dict prefix (``conv1``, ``bn1``,
+``layer2.0.downsample.0`` ...) to the Keras layer holding that tensor, so a converter can move weights 1:1
+(conv OIHW -> HWIO; BN weight/bias/running_mean/running_var -> gamma/beta/moving_mean/moving_variance).
+21,284,672 trainable parameters (+ 17,024 BN moving statistics).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+STAGES = (("layer1", 64, 3, 1), ("layer2", 128, 4, 2), ("layer3", 256, 6, 2), ("layer4", 512, 3, 2))
+BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9  # Keras convention; equals PyTorch momentum 0.1
+
+# torchvision initialises convs with kaiming_normal_(mode="fan_out", nonlinearity="relu")
+_CONV_INIT = {"class_name": "VarianceScaling",
+              "config": {"scale": 2.0, "mode": "fan_out", "distribution": "untruncated_normal"}}
+
+
+def _conv(filters, kernel, stride, name):
+    return layers.Conv2D(filters, kernel, strides=stride, padding="valid", use_bias=False,
+                         kernel_initializer=keras.initializers.get(_CONV_INIT), name=name)
+
+
+def _bn(name):
+    return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
+
+
+@keras.saving.register_keras_serializable(package="cvgl")
+class BasicBlock(layers.Layer):
+    """torchvision BasicBlock: pad-conv3x3(stride)-BN-ReLU-pad-conv3x3-BN, + identity or 1x1 conv-BN, ReLU."""
+
+    def __init__(self, filters, stride=1, downsample=False, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.stride = int(stride)
+        self.downsample = bool(downsample)
+        self.pad1 = layers.ZeroPadding2D(1, name="pad1")
+        self.conv1 = _conv(self.filters, 3, self.stride, "conv1")
+        self.bn1 = _bn("bn1")
+        self.pad2 = layers.ZeroPadding2D(1, name="pad2")
+        self.conv2 = _conv(self.filters, 3, 1, "conv2")
+        self.bn2 = _bn("bn2")
+        if self.downsample:
+            self.down_conv = _conv(self.filters, 1, self.stride, "downsample_0")
+            self.down_bn = _bn("downsample_1")
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        self.conv1.build(self.pad1.compute_output_shape(shape))
+        mid = self.conv1.compute_output_shape(self.pad1.compute_output_shape(shape))
+        self.bn1.build(mid)
+        self.conv2.build(self.pad2.compute_output_shape(mid))
+        self.bn2.build(mid)
+        if self.downsample:
+            self.down_conv.build(shape)
+            self.down_bn.build(self.down_conv.compute_output_shape(shape))
+
+    def call(self, x, training=None):
+        y = ops.relu(self.bn1(self.conv1(self.pad1(x)), training=training))
+        y = self.bn2(self.conv2(self.pad2(y)), training=training)
+        shortcut = self.down_bn(self.down_conv(x), training=training) if self.downsample else x
+        return ops.relu(y + shortcut)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+        s = self.stride
+        h = None if h is None else (h - 1) // s + 1
+        w = None if w is None else (w - 1) // s + 1
+        return (b, h, w, self.filters)
+
+    def torch_layers(self, prefix):
+        out = {f"{prefix}.conv1": self.conv1, f"{prefix}.bn1": self.bn1,
+               f"{prefix}.conv2": self.conv2, f"{prefix}.bn2": self.bn2}
+        if self.downsample:
+            out[f"{prefix}.downsample.0"] = self.down_conv
+            out[f"{prefix}.downsample.1"] = self.down_bn
+        return out
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=self.filters, stride=self.stride, downsample=self.downsample)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="cvgl")
+class ResNet34(layers.Layer):
+    """(B, H, W, 3) image -> (B, ⌈H/16⌉, ⌈W/16⌉, 512) feature map (GeoDTR's backbone, no max-pool)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.stem_pad = layers.ZeroPadding2D(3, name="pad_conv1")
+        self.conv1 = _conv(64, 7, 2, "conv1")
+        self.bn1 = _bn("bn1")
+        self.blocks = []  # flat list, torchvision order: layer1.0 ... layer4.2
+        self.block_names = []
+        in_ch = 64
+        for stage, filters, blocks, stride in STAGES:
+            for i in range(blocks):
+                s = stride if i == 0 else 1
+                self.blocks.append(BasicBlock(filters, s, downsample=(s != 1 or in_ch != filters),
+                                              name=f"{stage}_{i}"))
+                self.block_names.append(f"{stage}.{i}")
+                in_ch = filters
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        padded = self.stem_pad.compute_output_shape(shape)
+        self.conv1.build(padded)
+        shape = self.conv1.compute_output_shape(padded)
+        self.bn1.build(shape)
+        for block in self.blocks:
+            block.build(shape)
+            shape = block.compute_output_shape(shape)
+
+    def call(self, x, training=None):
+        x = ops.relu(self.bn1(self.conv1(self.stem_pad(x)), training=training))
+        for block in self.blocks:
+            x = block(x, training=training)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+        for _ in range(4):  # conv1 + three stride-2 stages
+            h = None if h is None else (h - 1) // 2 + 1
+            w = None if w is None else (w - 1) // 2 + 1
+        return (b, h, w, 512)
+
+    def torch_layers(self, prefix="") -> dict:
+        """{torchvision state-dict prefix: Keras Conv2D / BatchNormalization}, e.g. ``layer2.0.downsample.0``."""
+        p = f"{prefix}." if prefix else ""
+        out = {f"{p}conv1": self.conv1, f"{p}bn1": self.bn1}
+        for name, block in zip(self.block_names, self.blocks):
+            out.update(block.torch_layers(f"{p}{name}"))
+        return out
+
+
+def conv_flops(input_hw, include_bn=False) -> int:
+    """2 x multiply-accumulates of every convolution of the trunk for one (H, W) image (analytic count)."""
+    h, w = input_hw
+    total = 0
+
+    def out(n, k, s, p):
+        return (n + 2 * p - k) // s + 1
+
+    h, w = out(h, 7, 2, 3), out(w, 7, 2, 3)
+    total += 2 * 7 * 7 * 3 * 64 * h * w
+    in_ch = 64
+    for _, filters, blocks, stride in STAGES:
+        for i in range(blocks):
+            s = stride if i == 0 else 1
+            ho, wo = out(h, 3, s, 1), out(w, 3, s, 1)
+            total += 2 * 9 * in_ch * filters * ho * wo + 2 * 9 * filters * filters * ho * wo
+            if s != 1 or in_ch != filters:
+                total += 2 * in_ch * filters * ho * wo
+            h, w, in_ch = ho, wo, filters
+    return total

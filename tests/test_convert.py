@@ -1,0 +1,198 @@
+"""PyTorch -> Keras conversion: whole-model round trip against a NumPy reference forward of the same
+official-layout weights, the torchvision ResNet-34 path, readers, and loud failures."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from common.data.specs import InputSpec
+from common.errors import CVGLError
+from geodtr_tf.convert import (
+    convert_geodtr,
+    convert_resnet34,
+    export_state_dict,
+    geodtr_weights,
+    load_resnet34_weights,
+    read_state_dict,
+)
+from tests import geodtr_numpy_ref as ref
+
+TINY_POLAR = InputSpec("tiny_polar", (32, 96), (32, 96), True, "tanh")  # N = 2x6 = 12 both views
+TINY_RAW = InputSpec("tiny_raw", (32, 96), (32, 32), False, "tanh")  # aerial N = 2x2 = 4
+
+
+def _images(rng, spec, b=2):
+    g = rng.uniform(-1, 1, (b,) + tuple(spec.ground_size) + (3,)).astype(np.float32)
+    a = rng.uniform(-1, 1, (b,) + tuple(spec.aerial_size) + (3,)).astype(np.float32)
+    return g, a
+
+
+@pytest.fixture(scope="module")
+def tiny_sd():
+    return ref.random_official_geodtr(np.random.default_rng(11), n_sat=12, n_grd=12, k=2, layers=2, ffn=16)
+
+
+@pytest.mark.parametrize("spec,n_sat", [(TINY_POLAR, 12), (TINY_RAW, 4)])
+def test_whole_model_matches_numpy_reference(spec, n_sat):
+    rng = np.random.default_rng(3)
+    sd = ref.random_official_geodtr(rng, n_sat=n_sat, n_grd=12, k=2, layers=2, ffn=16)
+    sd = {f"module.{k}": v for k, v in sd.items()}  # as saved from nn.DataParallel
+    model = convert_geodtr(ref_keys_stripped(sd), num_heads=2, input_spec=spec)
+    g, a = _images(rng, spec)
+    out = model({"ground": g, "aerial": a}, training=False)
+    sat_ref, grd_ref = ref.geodtr_forward(ref_keys_stripped(sd), a, g, heads=2)
+    np.testing.assert_allclose(np.asarray(out["aerial"]), sat_ref, atol=2e-5)
+    np.testing.assert_allclose(np.asarray(out["ground"]), grd_ref, atol=2e-5)
+    # and back: Keras -> official layout reproduces the file bit for bit
+    back = export_state_dict(geodtr_weights(model)[0])
+    src = ref_keys_stripped(sd)
+    for k, v in back.items():
+        np.testing.assert_array_equal(v, src[k], err_msg=k)
+
+
+def ref_keys_stripped(sd):
+    from geodtr_tf.convert import normalise_keys
+
+    return normalise_keys(sd)
+
+
+def test_official_training_checkpoint_layout_and_readers(tmp_path, tiny_sd):
+    # flattened "model_state_dict.module.*" keys (a training checkpoint saved to npz) are unwrapped
+    path = tmp_path / "ckpt.npz"
+    np.savez(path, **{f"model_state_dict.module.{k}": v for k, v in tiny_sd.items()})
+    sd = read_state_dict(path)
+    assert set(sd) == set(tiny_sd)
+    from safetensors.numpy import save_file
+
+    st = tmp_path / "ckpt.safetensors"
+    save_file({k: np.ascontiguousarray(v) for k, v in tiny_sd.items()}, str(st))
+    sd2 = read_state_dict(st)
+    for k in tiny_sd:
+        np.testing.assert_array_equal(sd2[k], tiny_sd[k])
+
+
+def test_missing_extra_misshaped_fail_listing_keys(tiny_sd):
+    bad = dict(tiny_sd)
+    del bad["ge_sat.b2"]
+    del bad["backbone_grd.layers.4.0.downsample.1.running_var"]
+    bad["ge_grd.extra_tensor"] = np.zeros(3, np.float32)
+    bad["ge_grd.w2"] = bad["ge_grd.w2"][:, :, :5]
+    with pytest.raises(CVGLError) as err:
+        convert_geodtr(bad, num_heads=2, input_spec=TINY_POLAR)
+    msg = str(err.value)
+    for key in ("ge_sat.b2", "backbone_grd.layers.4.0.downsample.1.running_var", "ge_grd.extra_tensor",
+                "ge_grd.w2 has shape (6, 2, 5)", "missing (2)", "unexpected (1)", "mis-shaped (1)",
+                "nothing was loaded"):
+        assert key in msg, (key, msg)
+
+
+def test_polar_flag_contradicting_file_fails(tiny_sd):
+    with pytest.raises(CVGLError, match="ge_sat.w1 has shape"):
+        convert_geodtr(tiny_sd, num_heads=2, input_spec=TINY_RAW)
+
+
+def test_failed_load_changes_nothing(tiny_sd):
+    from geodtr_tf.convert import assign_state_dict
+    from geodtr_tf.model import GeoDTR
+
+    model = GeoDTR(input_spec=TINY_POLAR, num_descriptors=2, num_layers=2, num_heads=2, ffn_dim=16)
+    model.build()
+    before = [v.numpy().copy() for v in model.weights]
+    bad = dict(tiny_sd)
+    bad.pop("ge_grd.w1")
+    mapping, optional = geodtr_weights(model)
+    with pytest.raises(CVGLError, match="ge_grd.w1"):
+        assign_state_dict(mapping, bad, optional)
+    for a, v in zip(before, model.weights):
+        np.testing.assert_array_equal(a, v.numpy())
+
+
+def test_not_a_geodtr_file_and_unknown_extension(tmp_path):
+    with pytest.raises(CVGLError, match="resnet34"):
+        convert_geodtr({"conv1.weight": np.zeros((64, 3, 7, 7), np.float32)})
+    p = tmp_path / "w.h5"
+    p.write_bytes(b"x")
+    with pytest.raises(CVGLError, match="unknown extension"):
+        read_state_dict(p)
+    with pytest.raises(CVGLError, match="not found"):
+        read_state_dict(tmp_path / "absent.npz")
+    corrupt = tmp_path / "c.npz"
+    corrupt.write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(CVGLError, match="could not be read"):
+        read_state_dict(corrupt)
+
+
+def test_resnet34_conversion_matches_numpy_and_keras_file(tmp_path):
+    rng = np.random.default_rng(5)
+    sd = ref.random_resnet34(rng)
+    trunk = convert_resnet34(sd)
+    x = rng.uniform(-1, 1, (1, 35, 50, 3)).astype(np.float32)  # odd sizes: padding alignment matters
+    want = ref.resnet34(x.astype(np.float64).transpose(0, 3, 1, 2), {k: np.asarray(v, np.float64)
+                                                                      for k, v in sd.items()}, lambda n: n)
+    got = np.asarray(trunk(x, training=False)).transpose(0, 3, 1, 2)
+    assert got.shape == want.shape == (1, 512, 3, 4)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    # converted .keras -> GeoDTR backbone
+    path = str(tmp_path / "r34.keras")
+    trunk.save(path)
+    from common.backbones.resnet import ResNet34
+
+    fresh = ResNet34()
+    fresh.build((None, None, None, 3))
+    load_resnet34_weights(fresh, path)
+    np.testing.assert_allclose(np.asarray(fresh(x)).transpose(0, 3, 1, 2), got, rtol=1e-6, atol=1e-6)
+    # a missing tensor in a torchvision dict names it
+    bad = dict(sd)
+    bad.pop("layer3.2.bn2.running_mean")
+    with pytest.raises(CVGLError, match=r"layer3\.2\.bn2\.running_mean"):
+        convert_resnet34(bad)
+
+
+def test_cli_converts_and_reports_errors(tmp_path, tiny_sd, capsys):
+    from experiments.convert_weights import main
+
+    src = tmp_path / "tiny.npz"
+    sd = {k: v for k, v in tiny_sd.items()}
+    np.savez(src, **sd)
+    # the CLI builds the standard sizes: a tiny checkpoint fails loudly (N=12 is not the 336 of 122x671)
+    with pytest.raises(CVGLError, match="mis-shaped"):
+        main(["--model", "geodtr", "--checkpoint", str(src), "--out", str(tmp_path / "g.keras"), "--heads", "2"])
+    assert not os.path.exists(tmp_path / "g.keras")
+    r_src = tmp_path / "r34.npz"
+    np.savez(r_src, **ref.random_resnet34(np.random.default_rng(1)))
+    out = tmp_path / "r34.keras"
+    assert main(["--model", "resnet34", "--checkpoint", str(r_src), "--out", str(out)]) == 0
+    assert "converted" in capsys.readouterr().out
+    assert isinstance(keras.saving.load_model(out), keras.Model)
+    with pytest.raises(CVGLError, match=".keras"):
+        main(["--model", "resnet34", "--checkpoint", str(r_src), "--out", str(tmp_path / "x.h5")])
+
+
+def test_pth_reading_with_torch(tmp_path, tiny_sd):
+    torch = pytest.importorskip("torch")
+    p = tmp_path / "epoch_1.pth"
+    torch.save({"epoch": 1, "model_state_dict": {f"module.{k}": torch.from_numpy(np.asarray(v))
+                                                 for k, v in tiny_sd.items()}}, p)
+    sd = read_state_dict(p)
+    assert set(sd) == set(tiny_sd)
+    model = convert_geodtr(sd, num_heads=2, input_spec=TINY_POLAR)
+    assert model.num_layers == 2
+
+
+def test_pth_without_torch_is_a_clear_error(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_torch(name, *a, **kw):
+        if name == "torch":
+            raise ImportError("no torch")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    p = tmp_path / "w.pth"
+    p.write_bytes(b"\x80\x02")
+    with pytest.raises(CVGLError, match="pip install torch"):
+        read_state_dict(p)
