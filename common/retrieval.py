@@ -33,7 +33,9 @@ evaluator. ``dtype="float64"`` reproduces the official arithmetic exactly, at ab
 
 Backends: ``"numpy"`` (OpenBLAS), ``"tf"`` (a GPU when TensorFlow sees one), ``"auto"`` (TF when a GPU is
 visible, else NumPy) and ``"faiss"`` (optional; exact inner-product search of the top K, for galleries that
-are served from a FAISS index; ties inside FAISS are ordered as FAISS returns them).
+are served from a FAISS index; results are re-ordered by (distance, index), but which of several references
+tied at the *end* of FAISS's top-K list it returns is up to FAISS; index-protocol ranks are exact below
+K_1pct and censored there).
 
 Low-level pieces reused elsewhere: :func:`true_match_ranks`, :func:`radius_ranks`, :func:`topk_neighbours`,
 :func:`within_radius`, :func:`recall_from_ranks`, :func:`official_recall_array`, :func:`one_percent_k`.
@@ -505,11 +507,8 @@ def topk_neighbours(query, reference, k: int, chunk_size: int = DEFAULT_CHUNK, b
     k = min(k, r.shape[0])
     backend = _resolve_backend(backend)
     if backend == "faiss":
-        faiss = _import_faiss()
-        index = faiss.IndexFlatIP(q.shape[1])
-        index.add(np.ascontiguousarray(r, dtype=np.float32))
-        sims, idx = index.search(np.ascontiguousarray(q, dtype=np.float32), k)
-        return idx.astype(np.int64), distance_from_similarity(sims.astype(dtype))
+        sims, idx = _faiss_search(q, r, k, chunk)
+        return idx, distance_from_similarity(sims.astype(dtype))
     ops = _blocks(backend, q, r)
     nq, nr = q.shape[0], r.shape[0]
     out_i = np.zeros((nq, k), dtype=np.int64)
@@ -542,7 +541,13 @@ def _faiss_search(q, r, kmax, chunk):
     idx = np.empty((q.shape[0], kk), np.int64)
     for a in range(0, q.shape[0], chunk):
         sims[a : a + chunk], idx[a : a + chunk] = index.search(np.ascontiguousarray(q[a : a + chunk], np.float32), kk)
-    return sims, idx
+    return _stable_order(sims, idx)
+
+
+def _stable_order(sims, idx):
+    """Re-order each FAISS result row by (distance, reference index), our tie rule."""
+    order = np.lexsort((idx, distance_from_similarity(sims)), axis=-1)
+    return np.take_along_axis(sims, order, 1), np.take_along_axis(idx, order, 1)
 
 
 def _faiss_ranks(q, r, kmax, targets, chunk):
