@@ -10,6 +10,7 @@ mgtl_tf/README.md lists every choice made where the paper is silent, each with i
 from __future__ import annotations
 
 from common.errors import CVGLError
+from mgtl_tf.model import MGTL  # noqa: F401  (importing the package registers MGTL for .keras loading)
 
 BUILD_ONLY_KEYS = ("backbone_weights",)
 
@@ -35,7 +36,6 @@ def build_model(model_cfg: dict, input_spec):
     import inspect
 
     from common.backbones.vgg import init_vgg16_weights
-    from mgtl_tf.model import MGTL
 
     known = tuple(p for p in inspect.signature(MGTL.__init__).parameters if p not in ("self", "kwargs",
                                                                                        "input_spec"))
