@@ -1,0 +1,211 @@
+"""GeoDTR's augmentations as seeded TensorFlow functions for tf.data.
+
+Reference: Zhang, Xu, Shen, Chen, Wang, "Cross-view Geo-localization via Learning Disentangled Geometric
+Layout Correspondence" (GeoDTR, AAAI 2023), Sec. "Layout simulation and semantic augmentation", and the
+official code (``datasets/layoutsim.py``, the torchvision transforms of ``datasets/cvusa.py``).
+
+**Layout simulation (LS)** acts on the *pair* with one geometry (``layout_simulation``):
+
+1. flip with p = 0.5: the panorama and a polar aerial reverse their columns, a raw aerial is mirrored
+   left-right (east <-> west): bearing b -> 360 - b in both views;
+2. then one of none / left / right / back with p = 1/4 each. For panorama width W the panorama and the
+   polar aerial are rolled along the width by ``W - int(0.75 W)`` (left), ``-int(0.25 W)`` (right),
+   ``-int(0.5 W)`` (back) — +168 / -167 / -335 for W = 671, computed from the *ground* width as the official
+   code does; a raw aerial is rotated by ``tf.image.rot90`` with k = 3 (left: 90 deg clockwise, north goes
+   east, like the panorama's +W/4 roll), k = 1 (right), k = 2 (back).
+
+``mode``: "strong" (the paper: flip + rotation), "weak" (flip only), "none". LS is a pure permutation of
+pixels, so it commutes with the pixel normalisation and is checked bit-exactly against the official outputs
+(tests/fixtures/geodtr/layout_sim.npz).
+
+**Semantic augmentation (SA)** acts on each view *independently* (``semantic_augment``), on float RGB pixels
+in [0, 255] after resizing, with torchvision's definitions (tensor semantics, clamped to [0, 255]):
+
+* strong: ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3) — factors f ~ U[0.7, 1.3], the three
+  sub-ops in a random order; brightness: clip(f x); contrast: clip(f x + (1 - f) mean(gray(x)));
+  saturation: clip(f x + (1 - f) gray(x)); gray = ITU-R 601 luma 0.299 R + 0.587 G + 0.114 B;
+  then RandomGrayscale(p=0.2) (3-channel luma); RandomPosterize(bits=4, p=0.2): floor(x) & 0xF0;
+  GaussianBlur(kernel (1, 5), sigma ~ U[0.1, 5]) — vertical-only 5-tap, reflect padding, always on.
+* weak: ColorJitter(0.1, 0.1, 0.1) and RandomGrayscale(p=0.1).
+* none: identity.
+
+GeoDTR runs SA on PIL uint8 images, which rounds after every sub-op; here the pixels stay float (no
+intermediate rounding), a difference of at most a grey level per op that does not change the distribution.
+
+Randomness is stateless: every function takes a ``seed`` (shape [2] int tensor), so a pipeline that derives
+seeds from its own seed is reproducible.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+LAYOUT_MODES = ("none", "weak", "strong")
+SEMANTIC_MODES = ("none", "weak", "strong")
+ROTATIONS = ("none", "left", "right", "back")  # index = rotation code
+RAW_ROT90_K = (0, 3, 1, 2)  # tf.image.rot90 k (counter-clockwise quarter turns) per rotation code
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma
+
+
+def layout_shifts(width: int) -> tuple:
+    """Column rolls for rotation codes (none, left, right, back) at panorama width ``width``."""
+    w = int(width)
+    return (0, w - int(0.75 * w), -int(0.25 * w), -int(0.5 * w))
+
+
+def apply_layout(ground, aerial, flip, rotation, polar: bool):
+    """Deterministic LS on one pair of HWC images. ``flip``: bool, ``rotation``: code 0..3 (ROTATIONS)."""
+    flip = tf.convert_to_tensor(flip, tf.bool)
+    rotation = tf.cast(rotation, tf.int32)
+    ground = tf.cond(flip, lambda: tf.reverse(ground, axis=[1]), lambda: ground)
+    aerial = tf.cond(flip, lambda: tf.reverse(aerial, axis=[1]), lambda: aerial)
+    width = ground.shape[1] if ground.shape[1] is not None else tf.shape(ground)[1]
+    if isinstance(width, int):
+        shift = tf.gather(tf.constant(layout_shifts(width), tf.int32), rotation)
+    else:
+        w = width
+        shift = tf.gather(tf.stack([0, w - (3 * w) // 4, -(w // 4), -(w // 2)]), rotation)
+    ground = tf.roll(ground, shift, axis=1)
+    if polar:
+        aerial = tf.roll(aerial, shift, axis=1)
+    else:
+        aerial = tf.image.rot90(aerial, tf.gather(tf.constant(RAW_ROT90_K, tf.int32), rotation))
+    return ground, aerial
+
+
+def _seeds(seed, n):
+    return tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=n))
+
+
+def draw_layout(seed, mode: str = "strong"):
+    """(flip, rotation) drawn from ``seed`` for the given LS mode."""
+    if mode not in LAYOUT_MODES:
+        raise ValueError(f"layout mode must be one of {LAYOUT_MODES}, got {mode!r}")
+    s_flip, s_rot = _seeds(seed, 2)
+    flip = tf.random.stateless_uniform([], s_flip) < 0.5
+    rotation = tf.random.stateless_uniform([], s_rot, minval=0, maxval=4, dtype=tf.int32)
+    if mode == "none":
+        return tf.constant(False), tf.constant(0)
+    if mode == "weak":
+        return flip, tf.constant(0)
+    return flip, rotation
+
+
+def layout_simulation(ground, aerial, seed, polar: bool, mode: str = "strong"):
+    """Random LS on one pair (HWC tensors); the same flip/rotation for both views."""
+    if mode == "none":
+        return ground, aerial
+    flip, rotation = draw_layout(seed, mode)
+    return apply_layout(ground, aerial, flip, rotation, polar)
+
+
+# ------------------------------------------------------------------------------ semantic augmentation
+def rgb_to_grayscale(image):
+    """ITU-R 601 luma of an RGB HWC float image, keeping a channel axis of size 1."""
+    w = tf.constant(GRAY_WEIGHTS, image.dtype)
+    return tf.reduce_sum(image * w, axis=-1, keepdims=True)
+
+
+def _blend(a, b, ratio):
+    return tf.clip_by_value(ratio * a + (1.0 - ratio) * b, 0.0, 255.0)
+
+
+def adjust_brightness(image, factor):
+    return _blend(image, tf.zeros_like(image), factor)
+
+
+def adjust_contrast(image, factor):
+    mean = tf.reduce_mean(rgb_to_grayscale(image))
+    return _blend(image, mean, factor)
+
+
+def adjust_saturation(image, factor):
+    return _blend(image, rgb_to_grayscale(image), factor)
+
+
+def grayscale(image):
+    return tf.repeat(rgb_to_grayscale(image), 3, axis=-1)
+
+
+def posterize(image, bits: int = 4):
+    """Keep the top ``bits`` bits of each (floored) 8-bit value: floor(x) & mask."""
+    step = float(2 ** (8 - bits))
+    return tf.floor(tf.floor(image) / step) * step
+
+
+def gaussian_kernel1d(sigma, size: int = 5):
+    """torchvision's kernel: exp(-x^2 / 2 sigma^2) at x = -(size-1)/2 .. (size-1)/2, normalised."""
+    half = (size - 1) * 0.5
+    x = tf.linspace(-half, half, size)
+    pdf = tf.exp(-0.5 * tf.square(x / tf.cast(sigma, tf.float32)))
+    return pdf / tf.reduce_sum(pdf)
+
+
+def vertical_blur(image, sigma, size: int = 5):
+    """GeoDTR's GaussianBlur((1, 5)): a vertical ``size``-tap Gaussian with reflect padding (HWC)."""
+    k = gaussian_kernel1d(sigma, size)
+    pad = size // 2
+    padded = tf.pad(image, [[pad, pad], [0, 0], [0, 0]], mode="REFLECT")
+    height = tf.shape(image)[0]
+    out = tf.zeros_like(image)
+    for t in range(size):
+        out = out + k[t] * padded[t:t + height]
+    return out
+
+
+def color_jitter(image, seed, strength: float):
+    """torchvision ColorJitter(b, c, s, hue=0) with b = c = s = strength: random factors, random order."""
+    s_f, s_o = _seeds(seed, 2)
+    factors = tf.random.stateless_uniform([3], s_f, minval=1.0 - strength, maxval=1.0 + strength)
+    order = tf.argsort(tf.random.stateless_uniform([3], s_o))
+    ops = (adjust_brightness, adjust_contrast, adjust_saturation)
+    for step in range(3):
+        which = order[step]
+        image = tf.switch_case(which, [lambda op=op, i=i: op(image, factors[i]) for i, op in enumerate(ops)])
+    return image
+
+
+def semantic_augment(image, seed, mode: str = "strong"):
+    """SA on one view: float32 RGB HWC in [0, 255] -> same. See the module docstring for the ops."""
+    if mode not in SEMANTIC_MODES:
+        raise ValueError(f"semantic mode must be one of {SEMANTIC_MODES}, got {mode!r}")
+    if mode == "none":
+        return image
+    image = tf.cast(image, tf.float32)
+    s_cj, s_gray, s_post, s_blur = _seeds(seed, 4)
+    strength, p_gray = (0.3, 0.2) if mode == "strong" else (0.1, 0.1)
+    image = color_jitter(image, s_cj, strength)
+    gray_now = tf.random.stateless_uniform([], s_gray) < p_gray
+    image = tf.cond(gray_now, lambda: grayscale(image), lambda: image)
+    if mode == "strong":
+        post_now = tf.random.stateless_uniform([], s_post) < 0.2
+        image = tf.cond(post_now, lambda: posterize(image, 4), lambda: image)
+        sigma = tf.random.stateless_uniform([], s_blur, minval=0.1, maxval=5.0)
+        image = vertical_blur(image, sigma, 5)
+    return image
+
+
+def parse_augment(augment) -> dict:
+    """Normalise the ``augment`` argument of the pipeline to {"layout": mode, "semantic": mode}.
+
+    None / "none" -> no augmentation; "strong" / "weak" -> both LS and SA at that setting (GeoDTR's "LS"
+    in the paper's tables means both); a dict may set ``layout`` and ``semantic`` separately.
+    """
+    if augment is None or augment is False:
+        return {"layout": "none", "semantic": "none"}
+    if isinstance(augment, str):
+        modes = {"layout": augment, "semantic": augment}
+    elif isinstance(augment, dict):
+        unknown = set(augment) - {"layout", "semantic"}
+        if unknown:
+            from common.errors import CVGLError
+
+            raise CVGLError(f"augment has unknown keys {sorted(unknown)}; use 'layout' and 'semantic'")
+        modes = {"layout": augment.get("layout", "none"), "semantic": augment.get("semantic", "none")}
+    else:
+        modes = {"layout": "strong", "semantic": "strong"} if augment is True else None
+    if modes is None or modes["layout"] not in LAYOUT_MODES or modes["semantic"] not in SEMANTIC_MODES:
+        from common.errors import CVGLError
+
+        raise CVGLError(f"augment must be none/weak/strong or a dict of them, got {augment!r}")
+    return modes

@@ -1,0 +1,120 @@
+"""The SAFA polar transform (protocol.md §1): analytic markers, the formula by hand, and the three paths
+(float64 reference, cv2 fast path, Keras layer) against each other."""
+
+import os
+
+import numpy as np
+import pytest
+
+from common.errors import CVGLError
+from common.polar import PolarTransform, polar_grid, polar_transform, polar_transform_fast
+
+S, H, W = 100, 32, 128
+
+
+def _marker(row, col, size=S):
+    img = np.zeros((size, size), np.uint8)
+    img[row, col] = 255
+    return img
+
+
+def _paths(img):
+    """The three implementations on one uint8 image (HxW)."""
+    ref = polar_transform(img, H, W)
+    fast = polar_transform_fast(img, H, W).astype(np.float32)
+    layer = np.asarray(PolarTransform(H, W)(img[None, :, :, None].astype(np.float32)))[0, :, :, 0]
+    return {"reference": ref, "fast": fast, "layer": layer}
+
+
+@pytest.mark.parametrize(
+    "where, row, col, column",
+    [("north", 10, 50, W // 2), ("east", 50, 90, 3 * W // 4), ("south", 90, 50, 0), ("west", 50, 10, W // 4)],
+)
+def test_marker_lands_at_its_bearing(where, row, col, column):
+    for name, out in _paths(_marker(row, col)).items():
+        r, c = np.unravel_index(np.argmax(out), out.shape)
+        assert c == column, (where, name, c)
+        # radius 40 of 50: rho_i = 50 (H-1-i)/H = 40 -> i = 5.4, i.e. near the top (far) rows
+        assert r in (5, 6), (where, name, r)
+
+
+def test_centre_fills_bottom_row():
+    for name, out in _paths(_marker(S // 2, S // 2)).items():
+        np.testing.assert_allclose(out[-1], 255.0, atol=0.02, err_msg=name)  # rho = 0: the centre pixel S/2
+        assert out[:-1].max() < 1e-3, name
+
+
+def test_formula_by_hand_and_zero_padding():
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (S, S, 3)).astype(np.uint8)
+    out = polar_transform(img, H, W)
+    assert out.dtype == np.float32 and out.shape == (H, W, 3)
+    i, j = 7, 19
+    rho = (S / 2) * (H - 1 - i) / H
+    theta = 2 * np.pi * j / W
+    yr, yc = S / 2 + rho * np.cos(theta), S / 2 - rho * np.sin(theta)
+    r0, c0 = int(yr), int(yc)
+    r1, c1 = r0 + 1, c0 + 1
+    f = img.astype(np.float64)
+    want = (c1 - yc) * ((r1 - yr) * f[r0, c0] + (yr - r0) * f[r1, c0]) + (yc - c0) * (
+        (r1 - yr) * f[r0, c1] + (yr - r0) * f[r1, c1])
+    np.testing.assert_allclose(out[i, j], want, rtol=0, atol=1e-4)
+    # zero outside: with S <= 2H the top row's far neighbour of column 0 (south) is row S, outside the image,
+    # so on an all-ones image that pixel keeps only the weight of the inside neighbour.
+    ones = np.ones((40, 40))
+    out = polar_transform(ones, H, W)
+    yr = 20 + 20 * (H - 1) / H  # 39.375: r0 = 39 inside, r1 = 40 outside
+    assert out[0, 0] == pytest.approx(40 - yr, abs=1e-6)
+    assert out[H // 2, 5] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_fast_path_within_tolerance_and_rounded():
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)
+    ref = polar_transform(img, 122, 671).astype(np.float64)
+    fast = polar_transform_fast(img, 122, 671)
+    assert fast.dtype == np.uint8 and fast.shape == (122, 671, 3)
+    err = np.abs(fast - ref)
+    assert err.max() <= 4.0 and err.mean() <= 0.5
+    # documented choice: rounded to the nearest grey level, not truncated
+    assert np.abs(fast - np.round(ref)).max() <= 1.0
+    assert abs((fast - ref).mean()) < 0.05  # no truncation bias (-0.5)
+
+
+def test_layer_matches_reference_and_gathers_batch():
+    rng = np.random.default_rng(3)
+    imgs = rng.integers(0, 256, (2, 64, 64, 3)).astype(np.float32)
+    layer = PolarTransform(24, 80)
+    out = np.asarray(layer(imgs))
+    assert out.shape == (2, 24, 80, 3)
+    for b in range(2):
+        assert np.abs(out[b] - polar_transform(imgs[b], 24, 80)).max() <= 0.02
+    # the gather grid reproduces the reference exactly (up to float32)
+    idx, wts = polar_grid(64, 24, 80)
+    flat = imgs[0].reshape(-1, 3).astype(np.float64)
+    via_grid = sum(wts[k][:, None] * flat[idx[k]] for k in range(4)).reshape(24, 80, 3)
+    assert np.abs(via_grid - polar_transform(imgs[0], 24, 80)).max() < 1e-3
+
+
+def test_layer_serialisation_round_trip(tmp_path):
+    import keras
+
+    inp = keras.Input((48, 48, 3))
+    model = keras.Model(inp, PolarTransform(16, 40)(inp))
+    path = os.path.join(tmp_path, "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    x = np.random.default_rng(4).uniform(0, 255, (1, 48, 48, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-5)
+    assert loaded.layers[-1].get_config()["height"] == 16
+
+
+def test_bad_inputs():
+    with pytest.raises(CVGLError, match="square"):
+        polar_transform(np.zeros((10, 12, 3)), 4, 8)
+    with pytest.raises(CVGLError, match="square"):
+        polar_transform_fast(np.zeros((10, 12, 3), np.uint8), 4, 8)
+    with pytest.raises(CVGLError, match="uint8"):
+        polar_transform_fast(np.zeros((10, 10, 3), np.float32), 4, 8)
+    with pytest.raises(CVGLError, match="square"):
+        PolarTransform(4, 8)(np.zeros((1, 10, 12, 3), np.float32))
