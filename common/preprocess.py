@@ -1,0 +1,227 @@
+"""In-graph preprocessing: raw uint8 images of any size -> the model's input, as Keras layers.
+
+The exported model (``experiments.export``) must take the images a user has — a street-view panorama and an
+aerial image straight from disk, any size, uint8 — and do everything the offline preparation and the tf.data
+pipeline did at training time, inside the graph, so a SavedModel consumer needs nothing of this project.
+
+Ground view (:class:`GroundPreprocess`)
+    1. **Crop rule.** An equirectangular panorama covering the full sphere has aspect W/H = 2 (CVACT:
+       832 x 1664); the cross-view models are trained on its middle half, rows H/4 .. 3H/4 (rows 208:624 of
+       832; SAFA ``data_preparation.py``, GeoDTR ``data_preparation.py``). A CVUSA panorama (224 x 1232,
+       aspect 5.5) already is the horizon band and is used whole. Rule: **aspect W/H < 3 => crop the middle
+       half of the rows**, else keep every row. (The threshold 3 sits between the two layouts; a
+       prepared CVACT ground, already 122 x 671 or 112 x 616, has aspect > 3 and is left alone.)
+    2. **Area resize** to the spec's ground size (``tf.image.resize(method="area")`` through keras.ops; within
+       0.01 grey levels of OpenCV ``INTER_AREA``, which the offline preparation uses).
+    3. **Normalisation** with :func:`common.data.specs.normalise`, the same function the tf.data pipeline
+       calls, so train-time and export-time pixels cannot differ.
+
+Aerial view (:class:`AerialPreprocess`)
+    1. Centre-crop to a square (aerial tiles are square already; this only guards odd inputs).
+    2. Polar models (``spec.polar``): **area-resize the square to the dataset's source size S** (750 for
+       CVUSA ``bingmap/19``, 1200 for CVACT ``satview_polish``; identity when the image already has that
+       size), apply :class:`common.polar.PolarTransform` (its sampling grid is fixed for one S, which is why
+       the resize comes first), then round and clip to [0, 255] — the offline preparation stores polar maps
+       as rounded uint8 PNGs (:func:`common.polar.polar_transform_fast`), so the model was trained on
+       rounded pixels.
+       Raw-aerial models: area-resize the square to the spec's aerial size.
+    3. Normalisation as for the ground.
+
+:class:`EndToEndModel` wraps a trained :class:`~common.model_base.CrossViewModel` with the two preprocessing
+layers. Its ``embed_ground`` / ``embed_aerial`` take raw uint8 NHWC batches; it round-trips through ``.keras``
+(the inner model and its weights inside), and it is what the SavedModel endpoints trace.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from common.data.specs import get_spec, normalise
+from common.errors import CVGLError
+
+#: Side length S of the aerial images each dataset ships (protocol.md section 1).
+AERIAL_SOURCE_SIZE = {"cvusa": 750, "cvact": 1200}
+
+#: A ground image whose width/height is below this is a full-sphere panorama: keep the middle half of rows.
+FULL_PANORAMA_MAX_ASPECT = 3.0
+
+RESIZE_METHOD = "area"
+
+
+def _spec_config(spec):
+    return get_spec(spec).to_config()
+
+
+@keras.saving.register_keras_serializable(package="cvgl")
+class GroundPreprocess(keras.layers.Layer):
+    """uint8 (B, H, W, 3) ground panoramas of any size -> (B, Hg, Wg, 3) normalised float32 model input."""
+
+    def __init__(self, input_spec, **kwargs):
+        super().__init__(**kwargs)
+        self.spec = get_spec(input_spec)
+
+    def call(self, images):
+        x = ops.cast(images, "float32")
+        shape = ops.shape(x)
+        height, width = shape[1], shape[2]
+        if isinstance(height, int) and isinstance(width, int):  # static shapes (eager, JAX)
+            if width / height < FULL_PANORAMA_MAX_ASPECT:
+                x = x[:, height // 4 : height // 4 + height // 2]
+        else:  # dynamic shapes (SavedModel signature with None sizes)
+            full = ops.cast(width, "float32") < FULL_PANORAMA_MAX_ASPECT * ops.cast(height, "float32")
+            top = ops.where(full, height // 4, 0)
+            rows = ops.where(full, height // 2, height)
+            x = x[:, top : top + rows]
+        x = ops.image.resize(x, tuple(self.spec.ground_size), interpolation=RESIZE_METHOD)
+        return normalise(x, self.spec)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.spec.ground_size, 3)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["input_spec"] = _spec_config(self.spec)
+        return cfg
+
+
+def _centre_square(x):
+    shape = ops.shape(x)
+    height, width = shape[1], shape[2]
+    if isinstance(height, int) and isinstance(width, int):
+        side = min(height, width)
+    else:
+        side = ops.minimum(height, width)
+    top = (height - side) // 2
+    left = (width - side) // 2
+    return x[:, top : top + side, left : left + side]
+
+
+@keras.saving.register_keras_serializable(package="cvgl")
+class AerialPreprocess(keras.layers.Layer):
+    """uint8 (B, H, W, 3) aerial images of any size -> (B, Ha, Wa, 3) normalised float32 model input.
+
+    ``source_size``: the S the polar transform samples from (polar specs only; see the module docstring).
+    """
+
+    def __init__(self, input_spec, source_size=None, **kwargs):
+        super().__init__(**kwargs)
+        self.spec = get_spec(input_spec)
+        self.source_size = None if source_size is None else int(source_size)
+        if self.spec.polar and not self.source_size:
+            raise CVGLError(
+                f"input spec {self.spec.name!r} is polar: AerialPreprocess needs source_size (the aerial side "
+                f"length the polar maps were made from, e.g. {AERIAL_SOURCE_SIZE})"
+            )
+        self.polar = None
+        if self.spec.polar:
+            from common.polar import PolarTransform
+
+            self.polar = PolarTransform(*self.spec.aerial_size, name="polar_transform")
+
+    def build(self, input_shape):
+        if self.polar is not None:
+            self.polar.build((None, self.source_size, self.source_size, 3))
+        super().build(input_shape)
+
+    def call(self, images):
+        x = _centre_square(ops.cast(images, "float32"))
+        if self.polar is not None:
+            x = ops.image.resize(x, (self.source_size, self.source_size), interpolation=RESIZE_METHOD)
+            x = ops.clip(ops.round(self.polar(x)), 0.0, 255.0)
+        else:
+            x = ops.image.resize(x, tuple(self.spec.aerial_size), interpolation=RESIZE_METHOD)
+        return normalise(x, self.spec)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.spec.aerial_size, 3)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(input_spec=_spec_config(self.spec), source_size=self.source_size)
+        return cfg
+
+
+@keras.saving.register_keras_serializable(package="cvgl")
+class EndToEndModel(keras.Model):
+    """A trained CrossViewModel behind in-graph preprocessing: raw uint8 images in, unit-norm descriptors out.
+
+    ``embed_ground(uint8 (B, H, W, 3))`` and ``embed_aerial(uint8 (B, H, W, 3))`` -> (B, d) float32;
+    ``call({"ground": ..., "aerial": ...})`` returns both. Sizes may differ from call to call.
+    """
+
+    def __init__(self, model, aerial_source_size=None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(model, dict):
+            model = keras.saving.deserialize_keras_object(model)
+        self.model = model
+        self.input_spec_ = get_spec(model.input_spec_)
+        self.aerial_source_size = None if aerial_source_size is None else int(aerial_source_size)
+        self.ground_preprocess = GroundPreprocess(self.input_spec_, name="ground_preprocess")
+        self.aerial_preprocess = AerialPreprocess(
+            self.input_spec_, source_size=self.aerial_source_size, name="aerial_preprocess"
+        )
+
+    def embed_ground(self, images, training=False):
+        return self.model.embed_ground(self.ground_preprocess(images), training=training)
+
+    def embed_aerial(self, images, training=False):
+        return self.model.embed_aerial(self.aerial_preprocess(images), training=training)
+
+    def call(self, inputs, training=False):
+        return {
+            "ground": self.embed_ground(inputs["ground"], training=training),
+            "aerial": self.embed_aerial(inputs["aerial"], training=training),
+        }
+
+    def build(self, input_shape=None):
+        """Build every weight by one pass on small dummy images (also used when loading from ``.keras``)."""
+        if not self.model.built:
+            self.model.build()
+        if not self.model.weights:  # a lazily built model: one pass creates its weights
+            spec = self.input_spec_
+            self.model(
+                {
+                    "ground": ops.zeros((1, *spec.ground_size, 3), "float32"),
+                    "aerial": ops.zeros((1, *spec.aerial_size, 3), "float32"),
+                },
+                training=False,
+            )
+        self.ground_preprocess.build((None, None, None, 3))
+        self.aerial_preprocess.build((None, None, None, 3))
+        self.built = True
+
+    def get_build_config(self):
+        return {"input_shape": None}
+
+    def build_from_config(self, config):
+        self.build()
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(
+            model=keras.saving.serialize_keras_object(self.model),
+            aerial_source_size=self.aerial_source_size,
+        )
+        return cfg
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        model = keras.saving.deserialize_keras_object(config.pop("model"))
+        return cls(model, **config)
+
+
+def end_to_end(model, dataset: str | None = None, aerial_source_size: int | None = None) -> EndToEndModel:
+    """Wrap a trained model; S defaults to the dataset's aerial size (polar specs only)."""
+    spec = get_spec(model.input_spec_)
+    if spec.polar and aerial_source_size is None:
+        if dataset not in AERIAL_SOURCE_SIZE:
+            raise CVGLError(
+                f"cannot tell the aerial source size for dataset {dataset!r}; pass it explicitly "
+                f"(--aerial-size S; CVUSA {AERIAL_SOURCE_SIZE['cvusa']}, CVACT {AERIAL_SOURCE_SIZE['cvact']})"
+            )
+        aerial_source_size = AERIAL_SOURCE_SIZE[dataset]
+    e2e = EndToEndModel(model, aerial_source_size=aerial_source_size if spec.polar else None)
+    e2e.build()
+    return e2e

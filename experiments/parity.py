@@ -1,0 +1,252 @@
+"""Accuracy parity: our recall beside the paper's for the same setting, and the difference per metric.
+
+    python -m experiments.parity --results RUN/results.json [--config NAME] [--strict] [--json]
+
+The papers' numbers live in ONE place: the ``expected`` entries of the paper-row configs
+(``geodtr_tf/configs/*.yaml``, ``mgtl_tf/configs/*.yaml``; schema in :mod:`common.config`), each config
+naming its source (paper, table, row). Nothing is copied here. A results file (written by
+``experiments.evaluate`` / ``experiments.train``) names the config it ran and holds one or more evaluations
+(dataset, split, protocol, metrics in percent); each evaluation is compared with the config's ``expected``
+entry of the same dataset, split and protocol.
+
+``--strict`` exits with status 1 when any compared R@1 is more than :data:`STRICT_R1_DROP` points below the
+paper (and with status 2 when nothing could be compared, since then nothing was checked).
+
+Sources of the stored numbers: GeoDTR (Zhang et al., AAAI 2023) Table 1/2 as read off the authors' poster;
+MGTL (arXiv 2203.09135) and SAFA (NeurIPS 2019) via the configs' ``source`` fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import yaml
+
+from common.config import config_paths
+from common.errors import CVGLError, require_file, run_cli
+
+METRICS = ("R@1", "R@5", "R@10", "R@1%")
+STRICT_R1_DROP = 1.0  # points of R@1 below the paper that --strict tolerates
+
+
+# ---------------------------------------------------------------------------------------------- paper rows
+def paper_rows(paths=None) -> list:
+    """Every ``expected`` entry of the paper-row configs, as dicts with the config name and source."""
+    rows = []
+    for path in config_paths() if paths is None else paths:
+        try:
+            with open(path) as fh:
+                cfg = yaml.safe_load(fh) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            print(f"warning: skipping unreadable config {path}: {exc}", file=sys.stderr)
+            continue
+        if not isinstance(cfg, dict):
+            continue
+        name = cfg.get("name") or os.path.splitext(os.path.basename(path))[0]
+        source = cfg.get("source") or {}
+        for entry in cfg.get("expected") or []:
+            if not isinstance(entry, dict):
+                continue
+            rows.append({
+                "config": name,
+                "family": (cfg.get("model") or {}).get("family"),
+                "trained_on": cfg.get("dataset"),
+                "paper": source.get("paper", "?"),
+                "table": source.get("table", "?"),
+                "row": source.get("row", "?"),
+                "dataset": str(entry.get("dataset", cfg.get("dataset"))).lower(),
+                "split": entry.get("split"),
+                "protocol": entry.get("protocol"),
+                "metrics": {m: float(entry[m]) for m in METRICS if entry.get(m) is not None},
+                "path": path,
+            })
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- our results
+def _config_name(d: dict):
+    for key in ("config", "config_name", "name", "model"):
+        v = d.get(key)
+        if isinstance(v, dict):
+            v = v.get("name")
+        if isinstance(v, str) and v:
+            return os.path.splitext(os.path.basename(v))[0]
+    return None
+
+
+def _one(d: dict, parent: dict) -> dict | None:
+    metrics = d.get("metrics") if isinstance(d.get("metrics"), dict) else d
+    found = {m: metrics[m] for m in METRICS if isinstance(metrics.get(m), (int, float))}
+    if not found:
+        return None
+
+    def pick(key):
+        v = d.get(key, metrics.get(key, parent.get(key)))
+        return v if v is None else str(v)
+
+    return {
+        "config": _config_name(d) or _config_name(parent),
+        "dataset": (pick("dataset") or "").lower() or None,
+        "split": pick("split"),
+        "protocol": pick("protocol"),
+        "metrics": {m: float(v) for m, v in found.items()},
+    }
+
+
+def our_evaluations(results) -> list:
+    """The evaluations in a results file: a single evaluation dict, a list of them, or a dict holding a list
+    under ``evaluations`` / ``results`` / ``evals`` (or a dict of dicts keyed by split). Metrics in percent."""
+    out = []
+    if isinstance(results, list):
+        for item in results:
+            out.extend(our_evaluations(item) if isinstance(item, (list, dict)) else [])
+        return out
+    if not isinstance(results, dict):
+        return out
+    single = _one(results, {})
+    if single is not None:
+        return [single]
+    for key in ("evaluations", "results", "evals", "final", "test", "val", "best"):
+        sub = results.get(key)
+        items = sub if isinstance(sub, list) else [sub] if isinstance(sub, dict) else []
+        for item in items:
+            if isinstance(item, dict):
+                one = _one(item, results)
+                if one is not None:
+                    if one["split"] is None and key in ("test", "val"):
+                        one["split"] = key
+                    out.append(one)
+    return out
+
+
+def load_results(path: str):
+    require_file(path, "results file", "pass the results.json written by experiments.evaluate or experiments.train")
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise CVGLError(f"results file {path} is not valid JSON ({exc}); re-run the evaluation") from None
+
+
+# ------------------------------------------------------------------------------------------------ compare
+def _norm_protocol(p):
+    if p is None:
+        return None
+    p = str(p).lower().replace(" ", "")
+    return {"index": "index", "exact": "index", "radius_5m": "radius_5m", "5m": "radius_5m",
+            "radius5m": "radius_5m"}.get(p, p)
+
+
+def match(evaluation: dict, rows: list, config: str | None = None) -> dict | None:
+    """The paper row of the same config, dataset, split (and protocol when both name one), else None."""
+    name = config or evaluation.get("config")
+    candidates = [
+        r for r in rows
+        if r["config"] == name and r["dataset"] == evaluation.get("dataset")
+        and (r["split"] is None or evaluation.get("split") is None or r["split"] == evaluation.get("split"))
+    ]
+    p = _norm_protocol(evaluation.get("protocol"))
+    if p is not None:
+        exact = [r for r in candidates if _norm_protocol(r["protocol"]) in (p, None)]
+        candidates = exact
+    return candidates[0] if candidates else None
+
+
+def compare(results, rows=None, config: str | None = None) -> list:
+    """[{evaluation, paper (or None), diffs {metric: ours - paper}}] for every evaluation in ``results``."""
+    rows = paper_rows() if rows is None else rows
+    report = []
+    for ev in our_evaluations(results):
+        row = match(ev, rows, config)
+        diffs = {}
+        if row is not None:
+            for m in METRICS:
+                if m in ev["metrics"] and m in row["metrics"]:
+                    diffs[m] = ev["metrics"][m] - row["metrics"][m]
+        report.append({"evaluation": ev, "paper": row, "diffs": diffs})
+    return report
+
+
+def strict_failures(report: list, drop: float = STRICT_R1_DROP) -> list:
+    """The compared evaluations whose R@1 is more than ``drop`` points below the paper."""
+    return [item for item in report if "R@1" in item["diffs"] and item["diffs"]["R@1"] < -drop - 1e-9]
+
+
+def _fmt(v):
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+
+def format_report(report: list, config: str | None = None) -> str:
+    lines = []
+    for item in report:
+        ev, row = item["evaluation"], item["paper"]
+        setting = f"{ev.get('dataset') or '?'} / {ev.get('split') or '?'} / {ev.get('protocol') or '?'}"
+        name = config or ev.get("config") or "?"
+        lines.append(f"{name}: {setting}")
+        if row is None:
+            lines.append("  no paper row for this setting (the config's `expected` entries do not cover it)")
+            lines.append("  ours: " + ", ".join(f"{m} {_fmt(v)}" for m, v in ev["metrics"].items()))
+            lines.append("")
+            continue
+        lines.append(f"  paper: {row['paper']}, {row['table']}, row \"{row['row']}\"")
+        lines.append(f"  {'metric':<8}{'ours':>9}{'paper':>9}{'diff':>9}")
+        for m in METRICS:
+            ours, paper = ev["metrics"].get(m), row["metrics"].get(m)
+            if ours is None and paper is None:
+                continue
+            diff = item["diffs"].get(m)
+            lines.append(f"  {m:<8}{_fmt(ours):>9}{_fmt(paper):>9}{('-' if diff is None else f'{diff:+.2f}'):>9}")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.parity",
+        description="Print our recall beside the paper's for the same setting (numbers from the `expected` "
+        "entries of the paper-row configs) and the difference per metric.",
+    )
+    parser.add_argument("--results", required=True,
+                        help="results.json written by experiments.evaluate or experiments.train")
+    parser.add_argument("--config", default=None,
+                        help="paper-row config name to compare with (default: the one the results file names)")
+    parser.add_argument("--strict", action="store_true",
+                        help=f"exit 1 if any R@1 is more than {STRICT_R1_DROP:g} point below the paper; exit 2 if "
+                        "no evaluation has a paper row to compare with")
+    parser.add_argument("--json", action="store_true", help="print the comparison as JSON instead of a table")
+    args = parser.parse_args(argv)
+
+    results = load_results(args.results)
+    report = compare(results, config=args.config)
+    if not report:
+        raise CVGLError(
+            f"{args.results} holds no evaluation with R@K metrics (expected keys like \"R@1\" in percent, with "
+            "dataset and split); pass the results.json of experiments.evaluate"
+        )
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(format_report(report, args.config))
+    if args.strict:
+        if not any(item["paper"] is not None for item in report):
+            raise CVGLError(
+                f"--strict: no evaluation in {args.results} matches a paper row (config "
+                f"{args.config or report[0]['evaluation'].get('config')!r}); nothing was checked"
+            )
+        failures = strict_failures(report)
+        if failures:
+            for item in failures:
+                ev = item["evaluation"]
+                print(f"FAIL: {ev.get('dataset')}/{ev.get('split')} R@1 is {-item['diffs']['R@1']:.2f} points below "
+                      f"the paper (tolerance {STRICT_R1_DROP:g})", file=sys.stderr)
+            return 1
+        print(f"parity OK: every compared R@1 within {STRICT_R1_DROP:g} point of the paper or above it")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
