@@ -62,3 +62,33 @@ def get_spec(name_or_dict) -> InputSpec:
         from common.errors import CVGLError
 
         raise CVGLError(f"unknown input spec {name_or_dict!r}; known: {', '.join(sorted(SPECS))}") from None
+
+
+def normalise(x, spec):
+    """Map RGB pixels in [0, 255] (any float tensor: tf, numpy, jax, keras) to the spec's model input.
+
+    The one pixel normalisation of the project: the tf.data pipeline and the export's in-graph preprocessing
+    both call it. Plain arithmetic and slicing only, so it works on every backend and inside tf.data.
+    ``"tanh"``: x / 127.5 - 1 (GeoDTR's mean 0.5 / std 0.5 after ToTensor). ``"vgg_bgr"``: reverse the
+    channel axis (RGB -> BGR) and subtract :data:`VGG_BGR_MEAN` (Keras/Caffe VGG16, SAFA, MGTL).
+    """
+    mode = get_spec(spec).normalisation
+    if mode == "tanh":
+        return x / 127.5 - 1.0
+    if mode == "vgg_bgr":
+        import numpy as np
+
+        return x[..., ::-1] - np.asarray(VGG_BGR_MEAN, dtype=np.float32)
+    from common.errors import CVGLError
+
+    raise CVGLError(f"unknown normalisation {mode!r} in input spec; use 'tanh' or 'vgg_bgr'")
+
+
+def denormalise(x, spec):
+    """Inverse of :func:`normalise` (back to RGB in [0, 255]), for pictures and debugging."""
+    mode = get_spec(spec).normalisation
+    if mode == "tanh":
+        return (x + 1.0) * 127.5
+    import numpy as np
+
+    return (x + np.asarray(VGG_BGR_MEAN, dtype=np.float32))[..., ::-1]
