@@ -1,0 +1,17 @@
+"""The synthetic world: a procedural 2.5-D city per seed, rendered as aerial/panorama pairs in the exact
+CVUSA and CVACT layouts (see the project's synthetic_world spec).
+
+Public API::
+
+    write_world(layout, out, seed, n_train, n_val, n_test=0, aerial_size=None, pano_size=None, workers=1,
+                heading_noise_deg=0.0, near_fraction=0.1, vfov_deg=None, progress=True,
+                contact_sheet=True) -> dict
+    raw_pixel_baseline(root, layout, split="val", size=(16, 88)) -> dict      (common.synthetic.baseline)
+    tiny_world(tmp_path, layout, seed=0, n_train=24, n_val=16, ...) -> str   (common.synthetic.testing)
+
+Modules: world (style, map, locations), render (raster, aerial, panorama, nuisances), noise, layouts (writers),
+sheet (contact sheet), baseline (raw-pixel retrieval baseline), testing (pytest helper).
+"""
+
+from common.synthetic.layouts import LAYOUTS, render_pair, write_world  # noqa: F401
+from common.synthetic.world import City, draw_style  # noqa: F401

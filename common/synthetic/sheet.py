@@ -1,0 +1,55 @@
+"""Contact sheet: aerial | its SAFA polar transform | panorama, for a few pairs, read back from disk.
+
+The polar transform is :func:`common.polar.polar_transform_fast` (north at the centre column), so a person
+can check by eye that the polar aerial and the panorama line up (same road directions and buildings at the
+same columns).
+"""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+
+
+def _label(img, text):
+    out = img.copy()
+    cv2.putText(out, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 2, cv2.LINE_AA)
+    cv2.putText(out, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return out
+
+
+def write_contact_sheet(root: str, layout: str, plan, path: str, count: int = 4, row_height: int = 128) -> str:
+    """Write a PNG of ``count`` pairs (val first) to ``path``; returns ``path``."""
+    from common.polar import polar_transform_fast
+
+    order = [i for i in range(plan.n) if plan.split[i] == "val"] + \
+            [i for i in range(plan.n) if plan.split[i] != "val"]
+    rows = []
+    for i in order[:count]:
+        aerial_paths, ground_paths = plan.files(i)
+        aerial = cv2.imread(os.path.join(root, aerial_paths[-1]), cv2.IMREAD_COLOR)
+        pano = cv2.imread(os.path.join(root, ground_paths[-1]), cv2.IMREAD_COLOR)
+        h = row_height
+        a = cv2.resize(aerial, (h, h), interpolation=cv2.INTER_AREA)
+        pw = int(round(h * pano.shape[1] / pano.shape[0]))
+        polar = polar_transform_fast(aerial, max(8, h), pw)
+        polar = cv2.resize(polar, (pw, h), interpolation=cv2.INTER_AREA)
+        g = cv2.resize(pano, (pw, h), interpolation=cv2.INTER_AREA)
+        centre = pw // 2  # north
+        for im in (polar, g):
+            im[:, centre] = (0, 0, 255)
+        sep = np.full((h, 4, 3), 255, np.uint8)
+        rows.append(np.hstack([_label(a, f"aerial {plan.ids[i]}"), sep, _label(polar, "polar (N = red line)"),
+                               sep, _label(g, f"panorama ({plan.split[i]})")]))
+        rows.append(np.full((4, rows[-1].shape[1], 3), 255, np.uint8))
+    if not rows:
+        return path
+    sheet = np.vstack(rows[:-1])
+    ok, buf = cv2.imencode(".png", sheet)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(buf.tobytes())
+    os.replace(tmp, path)
+    return path
