@@ -275,10 +275,11 @@ class _NumpyBlocks:
         return np.count_nonzero(s > a[:, None], axis=1).astype(np.int64)
 
     @staticmethod
-    def count_split(s, a, b, split):
-        """Per row: #{cols < split : s > b} + #{cols >= split : s > a}."""
+    def count_ties_before(s, rows, a, b, split):
+        """For the given rows: #{cols < split : b < s <= a} (references at exactly the threshold distance)."""
+        sr = s[rows]
         cols = np.arange(s.shape[1])[None, :]
-        sel = np.where(cols < split[:, None], s > b[:, None], s > a[:, None])
+        sel = (sr > b[:, None]) & ~(sr > a[:, None]) & (cols < split[:, None])
         return np.count_nonzero(sel, axis=1).astype(np.int64)
 
     @staticmethod
@@ -310,11 +311,12 @@ class _TFBlocks:
         a = tf.convert_to_tensor(a)[:, None]
         return tf.math.count_nonzero(s > a, axis=1, dtype=tf.int64).numpy()
 
-    def count_split(self, s, a, b, split):
+    def count_ties_before(self, s, rows, a, b, split):
         tf = self.tf
+        sr = tf.gather(s, rows)
         cols = tf.range(tf.shape(s)[1], dtype=tf.int64)[None, :]
-        sel = tf.where(cols < tf.convert_to_tensor(split)[:, None], s > tf.convert_to_tensor(b)[:, None],
-                       s > tf.convert_to_tensor(a)[:, None])
+        sel = (sr > tf.convert_to_tensor(b)[:, None]) & ~(sr > tf.convert_to_tensor(a)[:, None]) & (
+            cols < tf.convert_to_tensor(split)[:, None])
         return tf.math.count_nonzero(sel, axis=1, dtype=tf.int64).numpy()
 
     @staticmethod
@@ -446,9 +448,15 @@ def radius_ranks(query, reference, query_pos, reference_pos, radius_m: float = 5
         for c0 in rstarts:
             c1 = min(c0 + chunk, nr)
             s = ops.scores(a0, a1, c0, c1)
-            # columns before j* count on "<=", after it on "<" (stable sort by (distance, index))
-            split = np.clip(np.where(jb >= 0, jb - c0, 0), 0, c1 - c0)
-            cnt += ops.count_split(s, a, b, split)
+            # strictly closer references everywhere, plus references at exactly j*'s distance *before* j*
+            # (stable sort by (distance, index)); the second term is almost always empty, so it is only
+            # computed for rows where this block holds such ties.
+            less = ops.count_greater(s, a)
+            cnt += less
+            rows = np.nonzero((ops.count_greater(s, b) > less) & (jb > c0))[0]
+            if rows.size:
+                split = np.minimum(jb[rows] - c0, c1 - c0)
+                cnt[rows] += ops.count_ties_before(s, rows, a[rows], b[rows], split)
             inside = (jb >= c0) & (jb < c1)
             if inside.any():  # j* itself is never "closer than itself", whatever the GEMM rounding did
                 rows = np.nonzero(inside)[0]
