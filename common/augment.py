@@ -57,8 +57,8 @@ def apply_layout(ground, aerial, flip, rotation, polar: bool):
     """Deterministic LS on one pair of HWC images. ``flip``: bool, ``rotation``: code 0..3 (ROTATIONS)."""
     flip = tf.convert_to_tensor(flip, tf.bool)
     rotation = tf.cast(rotation, tf.int32)
-    ground = tf.cond(flip, lambda: tf.reverse(ground, axis=[1]), lambda: ground)
-    aerial = tf.cond(flip, lambda: tf.reverse(aerial, axis=[1]), lambda: aerial)
+    ground = tf.where(flip, tf.reverse(ground, axis=[1]), ground)
+    aerial = tf.where(flip, tf.reverse(aerial, axis=[1]), aerial)
     width = ground.shape[1] if ground.shape[1] is not None else tf.shape(ground)[1]
     if isinstance(width, int):
         shift = tf.gather(tf.constant(layout_shifts(width), tf.int32), rotation)
@@ -154,14 +154,20 @@ def vertical_blur(image, sigma, size: int = 5):
 
 
 def color_jitter(image, seed, strength: float):
-    """torchvision ColorJitter(b, c, s, hue=0) with b = c = s = strength: random factors, random order."""
+    """torchvision ColorJitter(b, c, s, hue=0) with b = c = s = strength: random factors, random order.
+
+    Each sub-op is a blend ``clip(f x + (1 - f) target)`` with target 0 (brightness), the mean luma
+    (contrast) or the luma image (saturation); the step picks its target with a one-hot weight instead of
+    a branch, which keeps the tf.data graph small (exact: the other targets are multiplied by 0).
+    """
     s_f, s_o = _seeds(seed, 2)
     factors = tf.random.stateless_uniform([3], s_f, minval=1.0 - strength, maxval=1.0 + strength)
     order = tf.argsort(tf.random.stateless_uniform([3], s_o))
-    ops = (adjust_brightness, adjust_contrast, adjust_saturation)
     for step in range(3):
-        which = order[step]
-        image = tf.switch_case(which, [lambda op=op, i=i: op(image, factors[i]) for i, op in enumerate(ops)])
+        which = tf.one_hot(order[step], 3, dtype=image.dtype)
+        gray = rgb_to_grayscale(image)
+        target = which[1] * tf.reduce_mean(gray) + which[2] * gray
+        image = _blend(image, target, tf.gather(factors, order[step]))
     return image
 
 
@@ -176,10 +182,10 @@ def semantic_augment(image, seed, mode: str = "strong"):
     strength, p_gray = (0.3, 0.2) if mode == "strong" else (0.1, 0.1)
     image = color_jitter(image, s_cj, strength)
     gray_now = tf.random.stateless_uniform([], s_gray) < p_gray
-    image = tf.cond(gray_now, lambda: grayscale(image), lambda: image)
+    image = tf.where(gray_now, grayscale(image), image)
     if mode == "strong":
         post_now = tf.random.stateless_uniform([], s_post) < 0.2
-        image = tf.cond(post_now, lambda: posterize(image, 4), lambda: image)
+        image = tf.where(post_now, posterize(image, 4), image)
         sigma = tf.random.stateless_uniform([], s_blur, minval=0.1, maxval=5.0)
         image = vertical_blur(image, sigma, 5)
     return image

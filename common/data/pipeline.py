@@ -1,0 +1,283 @@
+"""tf.data input pipeline: dataset records -> normalised batches for one model input spec.
+
+``make_dataset(records, spec, batch_size, training, ...)`` gives batches ``{"ground", "aerial"[, "position"]}``
+of float32 NHWC tensors for training/validation; ``make_view_dataset(records, spec, view, batch_size)``
+gives batches of one view, in record order, for embedding (evaluation, indexing).
+
+Per pair (see :mod:`common.data.readers` for where prepared files live):
+
+* **ground**: the CVACT prepared centre crop if it exists, else the raw panorama (CVACT: cropped to rows
+  208:624 of 832, i.e. the centre half, in the graph); then resized to ``spec.ground_size``.
+* **aerial, polar spec**: the prepared polar map of the spec's size if it exists (size-suffixed folder, or
+  the canonical ``record.polar`` if its PNG header has the right size), else the SAFA polar transform
+  computed on the fly from the raw aerial image (:func:`common.polar.polar_grid`, float, so it differs from
+  a prepared map — rounded to uint8 — by at most half a grey level).
+* **aerial, raw spec**: the raw aerial resized to ``spec.aerial_size``.
+* **resizing**: bilinear with antialiasing (``tf.image.resize(..., antialias=True)``: a proper low-pass
+  filter when shrinking, like PIL's resize used by GeoDTR and close to OpenCV's INTER_AREA used by SAFA);
+  skipped when the image already has the target size.
+* **augmentation** (training only, :mod:`common.augment`): semantic augmentation on each view on [0, 255]
+  pixels, then the pixel normalisation (:func:`common.data.specs.normalise`, the one shared with the
+  export), then layout simulation on the pair (a pixel permutation, so its place does not matter).
+* **positions** (``with_positions=True``): float32 (easting, northing) in metres **relative to an origin**
+  (the records' minimum rounded down to a kilometre), so float32 keeps centimetre precision; the triplet
+  loss mask only uses differences.
+
+Order and randomness: the record list is sharded first (``shard=(num_shards, index)``: every
+``num_shards``-th record, as ``tf.data.Dataset.shard``), then shuffled with ``seed`` (a new order each
+epoch); augmentation draws stateless seeds from a seeded random stream, so a run with the same seed gives the
+same batches when ``deterministic=True`` (the default; parallel decoding keeps the order).
+
+Batch size 1 must never reach the triplet loss (it divides by B(B-1)): with ``drop_remainder=False`` and a
+final batch that would hold one pair, that pair is left out of the epoch (a different one each epoch when
+shuffled) and the pipeline says so.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from common.augment import layout_simulation, parse_augment, semantic_augment
+from common.data.readers import crop_rows, prepared_polar_path
+from common.data.specs import get_spec, normalise
+from common.errors import CVGLError
+
+AUTOTUNE = tf.data.AUTOTUNE
+AERIAL_FILE, AERIAL_ON_THE_FLY, AERIAL_RAW = 0, 1, 2
+
+
+def png_size(path):
+    """(height, width) from a PNG header, or None if the file is not a readable PNG."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    width, height = struct.unpack(">II", head[16:24])
+    return int(height), int(width)
+
+
+def image_size(path):
+    """(height, width) of an image file (decodes it with OpenCV); CVGLError if unreadable."""
+    import cv2
+
+    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise CVGLError(f"cannot read image {path}; re-download it or drop the pair (--allow-missing)")
+    return img.shape[:2]
+
+
+def shard_records(records, num_shards: int, index: int) -> list:
+    """Every ``num_shards``-th record starting at ``index`` (the same split as ``Dataset.shard``)."""
+    if num_shards < 1 or not 0 <= index < num_shards:
+        raise CVGLError(f"shard=({num_shards}, {index}) is invalid; use 0 <= index < num_shards")
+    return list(records)[index::num_shards]
+
+
+def resolve_sources(records, spec) -> dict:
+    """Which file to read and how, per record, for ``spec``: numpy arrays for the tf.data graph."""
+    spec = get_spec(spec)
+    ground_path, ground_crop, aerial_path, aerial_mode = [], [], [], []
+    for r in records:
+        if r.ground_prepared and os.path.isfile(r.ground_prepared):
+            ground_path.append(r.ground_prepared), ground_crop.append(False)
+        else:
+            ground_path.append(r.ground), ground_crop.append(r.ground_prepared is not None)
+        if not spec.polar:
+            aerial_path.append(r.aerial), aerial_mode.append(AERIAL_RAW)
+            continue
+        sized = prepared_polar_path(r, spec.aerial_size)
+        if os.path.isfile(sized):
+            aerial_path.append(sized), aerial_mode.append(AERIAL_FILE)
+        elif png_size(r.polar) == tuple(spec.aerial_size):
+            aerial_path.append(r.polar), aerial_mode.append(AERIAL_FILE)
+        else:
+            aerial_path.append(r.aerial), aerial_mode.append(AERIAL_ON_THE_FLY)
+    return {
+        "ground_path": np.asarray(ground_path, dtype=object).astype(str),
+        "ground_crop": np.asarray(ground_crop, dtype=bool),
+        "aerial_path": np.asarray(aerial_path, dtype=object).astype(str),
+        "aerial_mode": np.asarray(aerial_mode, dtype=np.int32),
+    }
+
+
+def relative_positions(records) -> np.ndarray:
+    pos = [r.position for r in records]
+    if any(p is None for p in pos):
+        missing = next(r.id for r in records if r.position is None)
+        raise CVGLError(f"positions were requested but pair {missing} has none (CVUSA needs coordinates.csv "
+                        "in the dataset root); add it or train without the position mask")
+    arr = np.asarray(pos, dtype=np.float64)
+    origin = np.floor(arr.min(axis=0) / 1000.0) * 1000.0
+    return (arr - origin).astype(np.float32)
+
+
+class _Loader:
+    """Builds the per-element decode/crop/resize/polar functions for one spec and record set."""
+
+    def __init__(self, records, spec, sources):
+        self.spec = spec
+        self.polar_grid = None
+        if spec.polar and np.any(sources["aerial_mode"] == AERIAL_ON_THE_FLY):
+            from common.polar import polar_grid
+
+            first = records[int(np.argmax(sources["aerial_mode"] == AERIAL_ON_THE_FLY))].aerial
+            h, w = image_size(first)
+            if h != w:
+                raise CVGLError(f"aerial image {first} is {h}x{w}, not square; the polar transform needs "
+                                "square aerial images (check the dataset)")
+            self.polar_size = int(h)
+            idx, wts = polar_grid(self.polar_size, *spec.aerial_size)
+            self.polar_grid = (tf.constant(idx), tf.constant(wts))
+
+    @staticmethod
+    def decode(path):
+        """RGB float32 [0, 255]. JPEG with the accurate integer DCT (as OpenCV/libjpeg decode it, so prepared
+        files and on-the-fly paths agree), anything else with ``decode_image``."""
+        data = tf.io.read_file(path)
+        img = tf.cond(tf.io.is_jpeg(data),
+                      lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+                      lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
+        return tf.cast(img, tf.float32)
+
+    @staticmethod
+    def resize(img, size):
+        size = tuple(int(s) for s in size)
+        same = tf.reduce_all(tf.equal(tf.shape(img)[:2], size))
+        out = tf.cond(same, lambda: img,
+                      lambda: tf.image.resize(img, size, method="bilinear", antialias=True))
+        out = tf.ensure_shape(out, (size[0], size[1], 3))
+        return out
+
+    def ground(self, path, crop):
+        img = self.decode(path)
+
+        def cropped():
+            height = tf.shape(img)[0]
+            top = tf.cast(tf.round(tf.cast(height, tf.float32) * 0.25), tf.int32)
+            bottom = tf.cast(tf.round(tf.cast(height, tf.float32) * 0.75), tf.int32)
+            return img[top:bottom]
+
+        img = tf.cond(crop, cropped, lambda: img)
+        return self.resize(img, self.spec.ground_size)
+
+    def polar_on_the_fly(self, img):
+        s = self.polar_size
+        img = self.resize(img, (s, s))
+        flat = tf.reshape(img, (s * s, 3))
+        idx, wts = self.polar_grid
+        out = tf.zeros((idx.shape[1], 3), tf.float32)
+        for k in range(4):
+            out = out + tf.gather(flat, idx[k]) * wts[k][:, None]
+        h, w = self.spec.aerial_size
+        return tf.reshape(out, (h, w, 3))
+
+    def aerial(self, path, mode):
+        img = self.decode(path)
+        if self.polar_grid is None:
+            return self.resize(img, self.spec.aerial_size)
+        return tf.cond(tf.equal(mode, AERIAL_ON_THE_FLY), lambda: self.polar_on_the_fly(img),
+                       lambda: self.resize(img, self.spec.aerial_size))
+
+
+# sanity: the crop fractions used in the graph are the readers' (rows 208:624 of 832)
+assert crop_rows(832) == (208, 624)
+
+
+def make_dataset(records, spec, batch_size: int, training: bool, augment=None, seed: int = 0,
+                 drop_remainder=None, with_positions: bool = False, shard=None, deterministic: bool = True,
+                 shuffle=None, num_parallel_calls=AUTOTUNE, prefetch=AUTOTUNE, verbose: bool = True):
+    """Batches of pairs ``{"ground": (B,Hg,Wg,3), "aerial": (B,Ha,Wa,3)[, "position": (B,2)]}``, float32.
+
+    records: list of PairRecord; spec: InputSpec or its name; training: shuffles (unless ``shuffle=False``)
+    and enables ``augment`` (None/"none", "weak", "strong" or {"layout": ..., "semantic": ...}; ignored when
+    not training); drop_remainder: default ``training``; shard: (num_shards, index) or None.
+    """
+    spec = get_spec(spec)
+    records = list(records)
+    if shard is not None:
+        records = shard_records(records, *shard)
+    batch_size = int(batch_size)
+    if batch_size < 2:
+        raise CVGLError(f"batch_size={batch_size}: the triplet loss needs at least 2 pairs per batch")
+    if drop_remainder is None:
+        drop_remainder = bool(training)
+    n = len(records)
+    if n < 2 or (drop_remainder and n < batch_size):
+        raise CVGLError(f"{n} pair(s) cannot make a batch of {batch_size}"
+                        f"{' with drop_remainder' if drop_remainder else ''}; use more data or a smaller batch")
+    take = n
+    if not drop_remainder and n % batch_size == 1:
+        take = n - 1
+        if verbose:
+            print(f"pipeline: {n} pairs leave a final batch of 1, which the triplet loss cannot use; "
+                  f"1 pair is left out of each epoch", file=sys.stderr)
+    modes = parse_augment(augment if training else None)
+    sources = resolve_sources(records, spec)
+    loader = _Loader(records, spec, sources)
+    tensors = dict(sources)
+    if with_positions:
+        tensors["position"] = relative_positions(records)
+    ds = tf.data.Dataset.from_tensor_slices(tensors)
+    if shuffle if shuffle is not None else training:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    if take < n:
+        ds = ds.take(take)
+    augmenting = modes["layout"] != "none" or modes["semantic"] != "none"
+    if augmenting:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.zip((ds, seeds))
+    else:
+        ds = ds.map(lambda e: (e, tf.constant(0, tf.int64)))
+
+    def load(e, rnd):
+        ground = loader.ground(e["ground_path"], e["ground_crop"])
+        aerial = loader.aerial(e["aerial_path"], e["aerial_mode"])
+        if augmenting:
+            s_ls, s_g, s_a = tf.unstack(tf.random.experimental.stateless_split(tf.stack([rnd, seed]), 3))
+            ground = semantic_augment(ground, s_g, modes["semantic"])
+            aerial = semantic_augment(aerial, s_a, modes["semantic"])
+        ground = normalise(ground, spec)
+        aerial = normalise(aerial, spec)
+        if augmenting:
+            ground, aerial = layout_simulation(ground, aerial, s_ls, spec.polar, modes["layout"])
+        out = {"ground": ground, "aerial": aerial}
+        if with_positions:
+            out["position"] = e["position"]
+        return out
+
+    ds = ds.map(load, num_parallel_calls=num_parallel_calls, deterministic=deterministic)
+    ds = ds.batch(batch_size, drop_remainder=bool(drop_remainder))
+    options = tf.data.Options()
+    options.deterministic = bool(deterministic)
+    ds = ds.with_options(options)
+    return ds.prefetch(prefetch) if prefetch else ds
+
+
+def make_view_dataset(records, spec, view: str, batch_size: int, num_parallel_calls=AUTOTUNE):
+    """Batches of one view (``"ground"`` or ``"aerial"``) as float32 NHWC tensors, in record order, the final
+    partial batch kept, no augmentation — for computing descriptors."""
+    spec = get_spec(spec)
+    if view not in ("ground", "aerial"):
+        raise CVGLError(f"view must be 'ground' or 'aerial', got {view!r}")
+    records = list(records)
+    if not records:
+        raise CVGLError("no records to embed; check the split")
+    sources = resolve_sources(records, spec)
+    loader = _Loader(records, spec, sources) if view == "aerial" else _Loader([], spec.replace(polar=False),
+                                                                               sources)
+    if view == "ground":
+        ds = tf.data.Dataset.from_tensor_slices((sources["ground_path"], sources["ground_crop"]))
+        fn = lambda p, c: normalise(loader.ground(p, c), spec)  # noqa: E731
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((sources["aerial_path"], sources["aerial_mode"]))
+        fn = lambda p, m: normalise(loader.aerial(p, m), spec)  # noqa: E731
+    ds = ds.map(fn, num_parallel_calls=num_parallel_calls, deterministic=True)
+    return ds.batch(int(batch_size), drop_remainder=False).prefetch(AUTOTUNE)
