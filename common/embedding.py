@@ -17,6 +17,7 @@ Either way the result is ``(ground_emb (N, d), aerial_emb (N, d))`` in record or
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -64,6 +65,31 @@ def _to_numpy(x) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(x))
 
 
+_COMPILED = weakref.WeakKeyDictionary()  # model -> {view: tf.function}, reused across calls (per-epoch validation)
+
+
+def _tower_fn(model, view: str):
+    """The tower as a graph function under the TensorFlow backend (no per-layer eager dispatch), else eager."""
+    fn = model.embed_ground if view == "ground" else model.embed_aerial
+
+    def eager(x):
+        return fn(x, training=False)
+
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return eager, eager
+    import tensorflow as tf
+
+    try:
+        cache = _COMPILED.setdefault(model, {})
+    except TypeError:  # not weak-referenceable
+        cache = {}
+    if view not in cache:
+        cache[view] = tf.function(eager, reduce_retracing=True)
+    return cache[view], eager
+
+
 def _check_output(emb: np.ndarray, n: int, view: str) -> np.ndarray:
     if emb.shape[0] != n:
         raise CVGLError(
@@ -88,11 +114,20 @@ def embed_view(model, records: Sequence, spec, view: str, batch_size: int = 32, 
         raise CVGLError("no records to embed: the split is empty -- check --root and --split")
     make = view_dataset or _default_view_dataset()
     ds = make(records, spec, view, batch_size)
-    embed = model.embed_ground if view == "ground" else model.embed_aerial
+    embed, eager = _tower_fn(model, view)
     out = []
     with _progress(math.ceil(len(records) / batch_size), f"embedding {view}", progress) as bar:
         for element in ds:
-            out.append(_to_numpy(embed(_view_batch(element, view), training=False)).astype(np.float32))
+            x = _view_batch(element, view)
+            if not out and embed is not eager:
+                try:  # a tower that cannot be traced still works eagerly
+                    y = embed(x)
+                except Exception:  # noqa: BLE001
+                    embed = eager
+                    y = eager(x)
+            else:
+                y = embed(x)
+            out.append(_to_numpy(y).astype(np.float32))
             bar.update(1)
     if not out:
         raise CVGLError(f"the {view} dataset of {len(records)} records yielded no batches")

@@ -259,6 +259,13 @@ class _NumpyBlocks:
         self.q, self.r = q, r
         self.buf = np.empty(0, dtype=q.dtype)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.buf = np.empty(0, dtype=self.q.dtype)
+        return False
+
     def scores(self, a0, a1, c0, c1):
         m, n = a1 - a0, c1 - c0
         if self.buf.size < m * n:
@@ -292,12 +299,25 @@ class _NumpyBlocks:
 
 
 class _TFBlocks:
+    """TensorFlow blocks. TensorFloat-32 (on by default for float32 matmuls on recent GPUs, ~10 mantissa bits)
+    would make ranks wrong, so it is switched off while a ranking runs and restored afterwards."""
+
     def __init__(self, q: np.ndarray, r: np.ndarray):
         import tensorflow as tf
 
         self.tf = tf
         self.q = q
         self.r = tf.convert_to_tensor(r)  # resident once (on the GPU when there is one)
+
+    def __enter__(self):
+        exp = self.tf.config.experimental
+        self._tf32 = exp.tensor_float_32_execution_enabled()
+        exp.enable_tensor_float_32_execution(False)
+        return self
+
+    def __exit__(self, *exc):
+        self.tf.config.experimental.enable_tensor_float_32_execution(self._tf32)
+        return False
 
     def scores(self, a0, a1, c0, c1):
         tf = self.tf
@@ -358,24 +378,24 @@ def true_match_ranks(query, reference, chunk_size: int = DEFAULT_CHUNK, backend:
         return _faiss_ranks(q, r, kmax, targets=np.arange(q.shape[0]), chunk=chunk)[0]
     n = q.shape[0]
     starts = list(range(0, n, chunk))
-    ops = _blocks(backend, q, r)
-    ranks = np.zeros(n, dtype=np.int64)
-    bar = _progress(len(starts) ** 2, "ranking", progress)
-    for i, a0 in enumerate(starts):
-        a1 = min(a0 + chunk, n)
-        s = ops.scores(a0, a1, a0, a1)
-        t = distance_from_similarity(ops.diag(s))  # true-match distances, same arithmetic as every block
-        thr = _threshold(t, strict=True)
-        cnt = ops.count_greater(s, thr)
-        for j, c0 in enumerate(starts):
-            if j == i:
-                continue
-            cnt += ops.count_greater(ops.scores(a0, a1, c0, min(c0 + chunk, n)), thr)
+    with _blocks(backend, q, r) as ops:
+        ranks = np.zeros(n, dtype=np.int64)
+        bar = _progress(len(starts) ** 2, "ranking", progress)
+        for i, a0 in enumerate(starts):
+            a1 = min(a0 + chunk, n)
+            s = ops.scores(a0, a1, a0, a1)
+            t = distance_from_similarity(ops.diag(s))  # true-match distances, same arithmetic as every block
+            thr = _threshold(t, strict=True)
+            cnt = ops.count_greater(s, thr)
+            for j, c0 in enumerate(starts):
+                if j == i:
+                    continue
+                cnt += ops.count_greater(ops.scores(a0, a1, c0, min(c0 + chunk, n)), thr)
+                if bar is not None:
+                    bar.update(1)
+            ranks[a0:a1] = cnt
             if bar is not None:
                 bar.update(1)
-        ranks[a0:a1] = cnt
-        if bar is not None:
-            bar.update(1)
     if bar is not None:
         bar.close()
     return ranks
@@ -437,34 +457,34 @@ def radius_ranks(query, reference, query_pos, reference_pos, radius_m: float = 5
     a_thr[has] = _threshold(tbest[has], strict=True)  # D < t   <=> s > a
     b_thr[has] = _threshold(tbest[has], strict=False)  # D <= t  <=> s > b
 
-    ops = _blocks(backend, q, r)
-    ranks = np.zeros(nq, dtype=np.int64)
-    qstarts, rstarts = range(0, nq, chunk), list(range(0, nr, chunk))
-    bar = _progress(len(qstarts) * len(rstarts), "ranking (radius)", progress)
-    for a0 in qstarts:
-        a1 = min(a0 + chunk, nq)
-        a, b, jb = a_thr[a0:a1], b_thr[a0:a1], best[a0:a1]
-        cnt = np.zeros(a1 - a0, dtype=np.int64)
-        for c0 in rstarts:
-            c1 = min(c0 + chunk, nr)
-            s = ops.scores(a0, a1, c0, c1)
-            # strictly closer references everywhere, plus references at exactly j*'s distance *before* j*
-            # (stable sort by (distance, index)); the second term is almost always empty, so it is only
-            # computed for rows where this block holds such ties.
-            less = ops.count_greater(s, a)
-            cnt += less
-            rows = np.nonzero((ops.count_greater(s, b) > less) & (jb > c0))[0]
-            if rows.size:
-                split = np.minimum(jb[rows] - c0, c1 - c0)
-                cnt[rows] += ops.count_ties_before(s, rows, a[rows], b[rows], split)
-            inside = (jb >= c0) & (jb < c1)
-            if inside.any():  # j* itself is never "closer than itself", whatever the GEMM rounding did
-                rows = np.nonzero(inside)[0]
-                sj = ops.gather(s, rows, jb[rows] - c0)
-                cnt[rows] -= (sj > a[rows]).astype(np.int64)
-            if bar is not None:
-                bar.update(1)
-        ranks[a0:a1] = cnt
+    with _blocks(backend, q, r) as ops:
+        ranks = np.zeros(nq, dtype=np.int64)
+        qstarts, rstarts = range(0, nq, chunk), list(range(0, nr, chunk))
+        bar = _progress(len(qstarts) * len(rstarts), "ranking (radius)", progress)
+        for a0 in qstarts:
+            a1 = min(a0 + chunk, nq)
+            a, b, jb = a_thr[a0:a1], b_thr[a0:a1], best[a0:a1]
+            cnt = np.zeros(a1 - a0, dtype=np.int64)
+            for c0 in rstarts:
+                c1 = min(c0 + chunk, nr)
+                s = ops.scores(a0, a1, c0, c1)
+                # strictly closer references everywhere, plus references at exactly j*'s distance *before* j*
+                # (stable sort by (distance, index)); the second term is almost always empty, so it is only
+                # computed for rows where this block holds such ties.
+                less = ops.count_greater(s, a)
+                cnt += less
+                rows = np.nonzero((ops.count_greater(s, b) > less) & (jb > c0))[0]
+                if rows.size:
+                    split = np.minimum(jb[rows] - c0, c1 - c0)
+                    cnt[rows] += ops.count_ties_before(s, rows, a[rows], b[rows], split)
+                inside = (jb >= c0) & (jb < c1)
+                if inside.any():  # j* itself is never "closer than itself", whatever the GEMM rounding did
+                    rows = np.nonzero(inside)[0]
+                    sj = ops.gather(s, rows, jb[rows] - c0)
+                    cnt[rows] -= (sj > a[rows]).astype(np.int64)
+                if bar is not None:
+                    bar.update(1)
+            ranks[a0:a1] = cnt
     if bar is not None:
         bar.close()
     ranks[~has] = nr
@@ -517,24 +537,24 @@ def topk_neighbours(query, reference, k: int, chunk_size: int = DEFAULT_CHUNK, b
     if backend == "faiss":
         sims, idx = _faiss_search(q, r, k, chunk)
         return idx, distance_from_similarity(sims.astype(dtype))
-    ops = _blocks(backend, q, r)
-    nq, nr = q.shape[0], r.shape[0]
-    out_i = np.zeros((nq, k), dtype=np.int64)
-    out_d = np.zeros((nq, k), dtype=dtype)
-    rstarts = list(range(0, nr, chunk))
-    bar = _progress(len(range(0, nq, chunk)) * len(rstarts), "top-k", progress)
-    for a0 in range(0, nq, chunk):
-        a1 = min(a0 + chunk, nq)
-        run_d = np.zeros((a1 - a0, 0), dtype=dtype)
-        run_i = np.zeros((a1 - a0, 0), dtype=np.int64)
-        for c0 in rstarts:
-            c1 = min(c0 + chunk, nr)
-            d = distance_from_similarity(np.asarray(ops.to_numpy(ops.scores(a0, a1, c0, c1))))
-            bd, bi = _block_topk(d, min(k, c1 - c0), c0)
-            run_d, run_i = _merge_topk(np.concatenate([run_d, bd], 1), np.concatenate([run_i, bi], 1), k)
-            if bar is not None:
-                bar.update(1)
-        out_d[a0:a1], out_i[a0:a1] = run_d, run_i
+    with _blocks(backend, q, r) as ops:
+        nq, nr = q.shape[0], r.shape[0]
+        out_i = np.zeros((nq, k), dtype=np.int64)
+        out_d = np.zeros((nq, k), dtype=dtype)
+        rstarts = list(range(0, nr, chunk))
+        bar = _progress(len(range(0, nq, chunk)) * len(rstarts), "top-k", progress)
+        for a0 in range(0, nq, chunk):
+            a1 = min(a0 + chunk, nq)
+            run_d = np.zeros((a1 - a0, 0), dtype=dtype)
+            run_i = np.zeros((a1 - a0, 0), dtype=np.int64)
+            for c0 in rstarts:
+                c1 = min(c0 + chunk, nr)
+                d = distance_from_similarity(np.asarray(ops.to_numpy(ops.scores(a0, a1, c0, c1))))
+                bd, bi = _block_topk(d, min(k, c1 - c0), c0)
+                run_d, run_i = _merge_topk(np.concatenate([run_d, bd], 1), np.concatenate([run_i, bi], 1), k)
+                if bar is not None:
+                    bar.update(1)
+            out_d[a0:a1], out_i[a0:a1] = run_d, run_i
     if bar is not None:
         bar.close()
     return out_i, out_d

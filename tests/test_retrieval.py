@@ -160,7 +160,10 @@ def test_radius_gallery_larger_than_queries():
 
 
 def test_tf_equals_numpy():
+    import tensorflow as tf
+
     q, r, qpos, rpos = _tied_data(150, seed=5)
+    tf32 = tf.config.experimental.tensor_float_32_execution_enabled()
     for dtype in ("float32", "float64"):
         assert np.array_equal(R.true_match_ranks(q, r, chunk_size=64, backend="tf", dtype=dtype),
                               R.true_match_ranks(q, r, chunk_size=64, backend="numpy", dtype=dtype))
@@ -169,6 +172,8 @@ def test_tf_equals_numpy():
     ti, td = R.topk_neighbours(q, r, 5, chunk_size=64, backend="tf")
     ni, nd = R.topk_neighbours(q, r, 5, chunk_size=64, backend="numpy")
     assert np.array_equal(ti, ni) and np.array_equal(td, nd)
+    # TensorFloat-32 is off only while ranking (a GPU would otherwise round float32 matmuls to ~10 bits)
+    assert tf.config.experimental.tensor_float_32_execution_enabled() == tf32
 
 
 def test_faiss_backend_when_installed():
