@@ -78,6 +78,15 @@ def test_one_percent_rounding():
     assert out_curve.tolist() == naive
 
 
+def test_r1pct_of_8884_is_recall_at_88():
+    n = 8884
+    query = np.ones((n, 1), np.float32)
+    reference = ((n - np.arange(n)) / n).astype(np.float32)[:, None]  # query k has exactly k closer refs
+    out = R.recall_at_k(query, reference, backend="numpy", chunk_size=4096)
+    assert out["K_1pct"] == 88 and out["curve_k_max"] == 88 and len(out["curve"]) == 88
+    assert out["R@1%"] == 100.0 * 88 / n and out["R@1"] == 100.0 / n and out["R@10"] == 100.0 * 10 / n
+
+
 # --- golden fixture (official validatenp) --------------------------------------------------------------
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("chunk", [1290, 97])
