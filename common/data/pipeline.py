@@ -13,9 +13,9 @@ Per pair (see :mod:`common.data.readers` for where prepared files live):
   computed on the fly from the raw aerial image (:func:`common.polar.polar_grid`, float, so it differs from
   a prepared map — rounded to uint8 — by at most half a grey level).
 * **aerial, raw spec**: the raw aerial resized to ``spec.aerial_size``.
-* **resizing**: bilinear with antialiasing (``tf.image.resize(..., antialias=True)``: a proper low-pass
-  filter when shrinking, like PIL's resize used by GeoDTR and close to OpenCV's INTER_AREA used by SAFA);
-  skipped when the image already has the target size.
+* **resizing**: area (``tf.image.resize(..., method="area")``: pixel averaging, like OpenCV's INTER_AREA
+  used by SAFA and the same method as the export's in-graph preprocessing; GeoDTR uses PIL's antialiased
+  bilinear, which differs by a few grey levels); skipped when the image already has the target size.
 * **augmentation** (training only, :mod:`common.augment`): semantic augmentation on each view on [0, 255]
   pixels, then the pixel normalisation (:func:`common.data.specs.normalise`, the one shared with the
   export), then layout simulation on the pair (a pixel permutation, so its place does not matter).
@@ -43,12 +43,15 @@ import numpy as np
 import tensorflow as tf
 
 from common.augment import layout_simulation, parse_augment, semantic_augment
-from common.data.readers import crop_rows, prepared_polar_path
+from common.data.readers import prepared_polar_path
 from common.data.specs import get_spec, normalise
 from common.errors import CVGLError
 
 AUTOTUNE = tf.data.AUTOTUNE
 AERIAL_FILE, AERIAL_ON_THE_FLY, AERIAL_RAW = 0, 1, 2
+# Area resampling (pixel averaging), as SAFA's cv2 INTER_AREA and as the export's in-graph preprocessing
+# (common.preprocess), so a model sees the same pixels in training and when serving raw images.
+RESIZE_METHOD = "area"
 
 
 def png_size(path):
@@ -151,19 +154,17 @@ class _Loader:
     def resize(img, size):
         size = tuple(int(s) for s in size)
         same = tf.reduce_all(tf.equal(tf.shape(img)[:2], size))
-        out = tf.cond(same, lambda: img,
-                      lambda: tf.image.resize(img, size, method="bilinear", antialias=True))
+        out = tf.cond(same, lambda: img, lambda: tf.image.resize(img, size, method=RESIZE_METHOD))
         out = tf.ensure_shape(out, (size[0], size[1], 3))
         return out
 
     def ground(self, path, crop):
         img = self.decode(path)
 
-        def cropped():
+        def cropped():  # the centre half, as common.data.readers.crop_rows
             height = tf.shape(img)[0]
-            top = tf.cast(tf.round(tf.cast(height, tf.float32) * 0.25), tf.int32)
-            bottom = tf.cast(tf.round(tf.cast(height, tf.float32) * 0.75), tf.int32)
-            return img[top:bottom]
+            top = height // 4
+            return img[top:top + height // 2]
 
         img = tf.cond(crop, cropped, lambda: img)
         return self.resize(img, self.spec.ground_size)
@@ -185,10 +186,6 @@ class _Loader:
             return self.resize(img, self.spec.aerial_size)
         return tf.cond(tf.equal(mode, AERIAL_ON_THE_FLY), lambda: self.polar_on_the_fly(img),
                        lambda: self.resize(img, self.spec.aerial_size))
-
-
-# sanity: the crop fractions used in the graph are the readers' (rows 208:624 of 832)
-assert crop_rows(832) == (208, 624)
 
 
 def make_dataset(records, spec, batch_size: int, training: bool, augment=None, seed: int = 0,

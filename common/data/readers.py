@@ -65,8 +65,6 @@ CVACT_MAT_FIELDS = {"train": ("trainSet", "trainInd"), "val": ("valSet", "valInd
                     "test": ("valSetAll", "valInd")}
 # Expected ground width / height (used by prepare to catch a wrong image size).
 GROUND_ASPECT = {"cvusa": 1232 / 224, "cvact": 1664 / 832}
-# CVACT ground centre crop: rows 208:624 of 832 (the centre half), as SAFA/DSM/GeoDTR.
-CVACT_CROP = (208 / 832, 624 / 832)
 
 
 def size_tag(size) -> str:
@@ -80,8 +78,11 @@ def prepared_polar_path(record: PairRecord, size) -> str:
 
 
 def crop_rows(height: int):
-    """Row range [top, bottom) of the CVACT centre crop for a panorama of ``height`` rows."""
-    return int(round(height * CVACT_CROP[0])), int(round(height * CVACT_CROP[1]))
+    """Row range [top, bottom) of the CVACT centre crop for a panorama of ``height`` rows: the centre half,
+    ``height // 4`` to ``height // 4 + height // 2`` (208:624 for 832 rows; the export's in-graph crop uses
+    the same rule)."""
+    top = int(height) // 4
+    return top, top + int(height) // 2
 
 
 def read_split(dataset: str, root, split: str, allow_missing: bool = False) -> list:
