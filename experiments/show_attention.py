@@ -61,6 +61,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.head != "mean" and not args.head.isdigit():
         raise CVGLError(f"--head must be 'mean' or a head index, got {args.head!r}")
+    for path, what in ((args.ground, "ground image"), (args.aerial, "aerial image")):
+        require_file(path, what, "give an existing JPEG/PNG file")
     from mgtl_tf.visualize import show_attention
 
     model = load_mgtl(args.weights, args.config)

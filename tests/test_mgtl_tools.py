@@ -117,8 +117,14 @@ def test_show_attention_cli_writes_png(tmp_path):
     image = cv2.imread(out)
     assert image is not None and image.shape[0] > 400 and image.shape[1] > 400
     assert not os.path.exists(out + ".tmp.png")
+    from mgtl_tf.visualize import attention_maps, prepare_pair, read_rgb
+
+    ground, aerial = prepare_pair(read_rgb(g), read_rgb(a), spec)
+    assert ground.shape == aerial.shape == (1, 32, 160, 3)
+    one_head = attention_maps(model, ground, aerial, head=3)
+    assert len(one_head["ground"]) == 2 and one_head["aerial"][1].shape == (5, 5)
     with pytest.raises(CVGLError, match="out of range"):
-        show_attention.main(["--weights", weights, "--ground", g, "--aerial", a, "--out", out, "--head", "9"])
+        attention_maps(model, ground, aerial, head=9)
     with pytest.raises(CVGLError, match="missing.png"):
         show_attention.main(["--weights", weights, "--ground", str(tmp_path / "missing.png"), "--aerial", a,
                              "--out", out])
