@@ -1,0 +1,185 @@
+"""GeoDTR model: exact parameter counts, shapes, .keras round trip, mixed precision, counterfactual noise,
+a fit step with the real class, config building and its failure modes."""
+
+import os
+import re
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common.data.specs import GEODTR_POLAR, GEODTR_RAW, InputSpec
+from common.errors import CVGLError
+from geodtr_tf import GeoDTR, build_model
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "geodtr")
+TINY = InputSpec("tiny_polar", (48, 96), (48, 96), True, "tanh")  # 3x6 = 18 positions
+TINY_CFG = dict(num_descriptors=2, num_layers=1, num_heads=3, ffn_dim=16, dropout=0.3)
+
+
+def _official_counts():
+    text = open(os.path.join(FIXTURES, "gle_paper_shapes.txt")).read()
+    polar, raw = re.findall(r"total parameters\s+(\d+)", text)
+    gle336 = int(re.search(r"GeoLayoutExtractor\(in_dim=336\): (\d+)", text).group(1))
+    gle256 = int(re.search(r"GeoLayoutExtractor\(in_dim=256\): (\d+)", text).group(1))
+    trunk = int(re.search(r"backbone_sat \(ResNet34 trunk\)\s+(\d+)", text).group(1))
+    return int(polar), int(raw), gle336, gle256, trunk
+
+
+def _count(layers, trainable=True):
+    seen, n = set(), 0
+    for layer in layers:
+        for v in (layer.trainable_weights if trainable else layer.weights):
+            if id(v) not in seen:
+                seen.add(id(v))
+                n += int(np.prod(v.shape))
+    return n
+
+
+@pytest.mark.parametrize("spec", [GEODTR_POLAR, GEODTR_RAW])
+def test_paper_parameter_counts_exact(spec):
+    polar, raw, gle336, gle256, trunk = _official_counts()
+    assert (polar, raw) == (48_508_608, 47_515_808)
+    model = build_model({"backbone_weights": "random"}, spec)
+    assert _count([model]) == (polar if spec.polar else raw)
+    comps = {k: _count(v) for k, v in model.components().items()}
+    assert comps["ResNet-34 (ground)"] == comps["ResNet-34 (aerial)"] == trunk
+    assert comps["Geometric Layout Extractor (ground)"] == gle336
+    assert comps["Geometric Layout Extractor (aerial)"] == (gle336 if spec.polar else gle256)
+    assert sum(comps.values()) == _count([model])
+    assert all(v.trainable for v in model.trainable_weights) and model.descriptor_size == 4096
+    # full-size output shapes without running the backbones
+    assert model.gle_aerial.compute_output_shape((2, 336 if spec.polar else 256, 512)) == \
+        (2, 336 if spec.polar else 256, 8)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = GeoDTR(input_spec=TINY, seed=3, **TINY_CFG)
+    model.build()
+    return model
+
+
+def _batch(b=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"ground": rng.uniform(-1, 1, (b, 48, 96, 3)).astype(np.float32),
+            "aerial": rng.uniform(-1, 1, (b, 48, 96, 3)).astype(np.float32)}
+
+
+def test_outputs_shapes_and_unit_norm(tiny):
+    x = _batch()
+    out = tiny(x, training=False)
+    assert set(out) == {"ground", "aerial"}
+    for v in out.values():
+        assert tuple(v.shape) == (4, 512 * 2)
+        np.testing.assert_allclose(np.linalg.norm(np.asarray(v), axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(tiny.embed_ground(x["ground"])), np.asarray(out["ground"]), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(tiny.embed_aerial(x["aerial"])), np.asarray(out["aerial"]), atol=1e-6)
+    r, p, hw = tiny.layout(x["ground"], "ground")
+    assert hw == (3, 6) and tuple(p.shape) == (4, 18, 2) and float(np.abs(p).max()) <= 1.0
+
+
+def test_counterfactual_noise_fresh_every_step_inside_one_graph(tiny):
+    x = _batch(2)
+    a = tiny(x, training=True)
+    assert set(a) == {"ground", "aerial", "ground_cf", "aerial_cf"}
+    assert all(tuple(v.shape) == (2, 1024) for v in a.values())
+    r, p, _ = tiny.layout(x["aerial"], "aerial")
+    traces = []
+
+    @tf.function
+    def cf_step(r, p):  # the CF branch of a compiled train step
+        traces.append(1)
+        return tiny.counterfactual_descriptor(r, p)
+
+    n1, n2 = cf_step(r, p), cf_step(r, p)
+    assert len(traces) == 1  # one graph; the noise is drawn inside it and differs per execution
+    assert not np.allclose(np.asarray(n1), np.asarray(n2))
+    # P̂ ~ U(-1, 1) of P's shape
+    noise = keras.random.uniform((4000,), -1.0, 1.0, seed=keras.random.SeedGenerator(0))
+    assert -1.0 <= float(np.min(noise)) and float(np.max(noise)) <= 1.0
+    # seeded: two models with the same seed draw the same sequence
+    m1 = GeoDTR(input_spec=TINY, seed=7, **TINY_CFG)
+    m2 = GeoDTR(input_spec=TINY, seed=7, **TINY_CFG)
+    n1 = m1.counterfactual_descriptor(r, p)
+    n2 = m2.counterfactual_descriptor(r, p)
+    np.testing.assert_array_equal(np.asarray(n1), np.asarray(n2))
+
+
+def test_keras_round_trip_identical(tiny, tmp_path):
+    x = _batch(2, seed=1)
+    want = tiny(x, training=False)
+    path = tmp_path / "geodtr.keras"
+    tiny.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, GeoDTR) and loaded.input_spec_ == TINY and loaded.num_heads == 3
+    got = loaded(x, training=False)
+    for k in want:
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]))
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_close_to_float32(tiny, policy):
+    x = _batch(2, seed=2)
+    want = {k: np.asarray(v) for k, v in tiny(x, training=False).items()}
+    old = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        mp = GeoDTR(input_spec=TINY, **TINY_CFG)
+        mp.build()
+        mp.set_weights(tiny.get_weights())
+        got = mp(x, training=False)
+        train = mp(x, training=True)
+        loss = float(mp.family_loss(train))
+    finally:
+        keras.config.set_dtype_policy(old)
+    for k in want:
+        g = np.asarray(got[k])
+        assert g.dtype == np.float32 and np.isfinite(g).all()
+        assert np.abs(g - want[k]).max() < 1e-2, (k, np.abs(g - want[k]).max())
+    assert np.isfinite(loss)
+
+
+def test_fit_step_with_the_real_class():
+    model = GeoDTR(input_spec=TINY, seed=0, **TINY_CFG)
+    # eager: tracing the two ResNet-34 gradient graphs costs minutes of CPU; the step is the same code
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.03, epsilon=1e-6, global_clipnorm=1.0),
+                  run_eagerly=True)
+    model.build()
+    x = _batch(4, seed=3)
+    gle_before = model.gle_ground.w1.numpy().copy()
+    conv_before = model.backbone_aerial.conv1.kernel.numpy().copy()
+    hist = model.fit(x, batch_size=4, epochs=1, verbose=0, shuffle=False)
+    loss = hist.history["loss"][0]
+    # triplet + CF: both terms positive, finite
+    assert np.isfinite(loss) and loss > 0
+    assert not np.array_equal(gle_before, model.gle_ground.w1.numpy())
+    assert not np.array_equal(conv_before, model.backbone_aerial.conv1.kernel.numpy())
+
+
+def test_build_model_config_keys_and_backbone_weights(tmp_path, monkeypatch):
+    from tests import geodtr_numpy_ref as ref
+
+    with pytest.raises(CVGLError, match="unknown key"):
+        build_model({"num_descriptor": 8}, TINY)
+    with pytest.raises(CVGLError, match="resnet34-b627a593.pth"):
+        build_model({"backbone_weights": str(tmp_path / "absent.keras")}, TINY)
+    monkeypatch.setenv("CVGL_RESNET34_WEIGHTS", str(tmp_path / "nope.keras"))
+    with pytest.raises(CVGLError, match="nope.keras"):
+        build_model({"backbone_weights": "imagenet"}, TINY)
+    with pytest.warns(UserWarning, match="RANDOMLY"):  # never a silent random start
+        m = build_model(dict(TINY_CFG), TINY)
+    assert isinstance(m, GeoDTR)
+    # torchvision weights given: they land in both backbones, and no warning
+    sd = ref.random_resnet34(np.random.default_rng(9))
+    path = tmp_path / "r34.npz"
+    np.savez(path, **sd)
+    monkeypatch.setenv("CVGL_RESNET34_WEIGHTS", str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = build_model(dict(TINY_CFG, backbone_weights="imagenet"), TINY)
+    want = sd["layer4.2.conv2.weight"].transpose(2, 3, 1, 0)
+    np.testing.assert_array_equal(m.backbone_ground.blocks[-1].conv2.kernel.numpy(), want)
+    np.testing.assert_array_equal(m.backbone_aerial.blocks[-1].conv2.kernel.numpy(), want)
