@@ -1,7 +1,7 @@
 """Validate a CVUSA / CVACT folder and precompute what the input pipeline reads.
 
     python -m experiments.prepare --dataset cvusa --root DATA/CVUSA [--workers 4] [--check-only]
-                                  [--allow-missing] [--sizes 122x671 112x616]
+                                  [--allow-missing] [--verify] [--sizes 122x671 112x616]
 
 1. Reads every split (:func:`common.data.readers.read_split`) and prints a table: pairs listed, pairs with
    missing images, pairs usable, and the published count (CVUSA 35,532 / 8,884; CVACT 35,532 / 8,884 /
@@ -13,11 +13,12 @@
    progress bar; finished outputs are skipped (resumable) and every file is written to a temporary name
    and renamed (atomic: a kill never leaves a half-written image). Polar maps use the fast path
    (:func:`common.polar.polar_transform_fast`, rounded to uint8).
-3. Images that cannot be decoded, aerial images that are not square, aerial images whose size differs from
+3. Images that cannot be decoded (both images of every pair with work to do are decoded; ``--verify``
+   decodes finished pairs too), aerial images that are not square, aerial images whose size differs from
    the others, and panoramas with the wrong aspect ratio are listed by name; the command fails unless
    ``--allow-missing`` (then those pairs are reported as dropped). Either way they are recorded in
    ``ROOT/bad_pairs.txt``, which :func:`common.data.readers.read_split` reads: the readers then refuse those
-   pairs, or drop and list them with ``allow_missing``. Delete a line once the file is fixed.
+   pairs, or drop and list them with ``allow_missing``. A pair that a later run decodes fine is taken off.
 """
 
 from __future__ import annotations
@@ -53,38 +54,40 @@ def _atomic_write(path: str, image_bgr) -> None:
 
 
 def _job(args):
-    """Prepare one pair. Returns (id, problem or None, n_written)."""
+    """Check and prepare one pair. Returns (id, problem or None, n_written).
+
+    Both images are decoded and checked whenever the pair has work to do (or ``verify``); a pair whose
+    outputs all exist is skipped without decoding (resume), unless ``verify``.
+    """
     import cv2
 
     from common.data.readers import GROUND_ASPECT, crop_rows
     from common.polar import polar_transform_fast
 
-    rid, dataset, aerial, ground, polar_outputs, crop_out, aerial_size = args
+    rid, dataset, aerial, ground, polar_outputs, crop_out, aerial_size, verify = args
     todo = [(size, out) for size, out in polar_outputs if not os.path.isfile(out)]
     need_crop = crop_out is not None and not os.path.isfile(crop_out)
-    if not todo and not need_crop:
+    if not (todo or need_crop or verify):
         return rid, None, 0
+    img = cv2.imread(aerial, cv2.IMREAD_COLOR)
+    if img is None:
+        return rid, f"unreadable image {aerial}", 0
+    if img.shape[0] != img.shape[1]:
+        return rid, f"aerial image {aerial} is {img.shape[0]}x{img.shape[1]}, not square", 0
+    if tuple(img.shape[:2]) != tuple(aerial_size):
+        return rid, (f"aerial image {aerial} is {img.shape[0]}x{img.shape[1]}, the others are "
+                     f"{aerial_size[0]}x{aerial_size[1]}"), 0
+    grd = cv2.imread(ground, cv2.IMREAD_COLOR)
+    if grd is None:
+        return rid, f"unreadable image {ground}", 0
+    aspect = grd.shape[1] / grd.shape[0]
+    if abs(aspect / GROUND_ASPECT[dataset] - 1.0) > 0.02:
+        return rid, (f"panorama {ground} is {grd.shape[0]}x{grd.shape[1]}, expected width/height "
+                     f"{GROUND_ASPECT[dataset]:.2f}"), 0
     written = 0
-    if todo:
-        img = cv2.imread(aerial, cv2.IMREAD_COLOR)
-        if img is None:
-            return rid, f"unreadable image {aerial}", 0
-        if img.shape[0] != img.shape[1]:
-            return rid, f"aerial image {aerial} is {img.shape[0]}x{img.shape[1]}, not square", 0
-        if tuple(img.shape[:2]) != tuple(aerial_size):
-            return rid, (f"aerial image {aerial} is {img.shape[0]}x{img.shape[1]}, the others are "
-                         f"{aerial_size[0]}x{aerial_size[1]}"), 0
-        for (h, w), out in todo:
-            _atomic_write(out, polar_transform_fast(img, h, w))  # BGR in, BGR out: per-channel transform
-            written += 1
-    grd = cv2.imread(ground, cv2.IMREAD_COLOR) if (need_crop or dataset == "cvusa") else None
-    if (need_crop or dataset == "cvusa") and grd is None:
-        return rid, f"unreadable image {ground}", written
-    if grd is not None:
-        aspect = grd.shape[1] / grd.shape[0]
-        if abs(aspect / GROUND_ASPECT[dataset] - 1.0) > 0.02:
-            return rid, (f"panorama {ground} is {grd.shape[0]}x{grd.shape[1]}, expected width/height "
-                         f"{GROUND_ASPECT[dataset]:.2f}"), written
+    for (h, w), out in todo:
+        _atomic_write(out, polar_transform_fast(img, h, w))  # BGR in, BGR out: per-channel transform
+        written += 1
     if need_crop:
         top, bottom = crop_rows(grd.shape[0])
         _atomic_write(crop_out, grd[top:bottom])
@@ -99,14 +102,17 @@ def _size_of(path):
     return None if img is None else img.shape[:2]
 
 
-def _write_bad_pairs(root, problems) -> None:
-    """Record bad pairs in ROOT/bad_pairs.txt so every reader drops (allow_missing) or refuses them."""
+def _write_bad_pairs(root, problems, checked_ok) -> None:
+    """Record bad pairs in ROOT/bad_pairs.txt so every reader drops (allow_missing) or refuses them; pairs
+    decoded fine in this run (``checked_ok``) are taken off the list."""
     from common.data.readers import BAD_PAIRS_FILE, read_bad_pairs
 
     path = os.path.join(root, BAD_PAIRS_FILE)
-    table = read_bad_pairs(root)
+    table = {k: v for k, v in read_bad_pairs(root).items() if k not in checked_ok}
     table.update({rid: problem for rid, problem in problems})
     if not table:
+        if os.path.isfile(path):
+            os.remove(path)
         return
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
@@ -126,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only validate the layout and print the counts table; write nothing")
     p.add_argument("--allow-missing", action="store_true",
                    help="drop (and list) pairs with missing or bad images instead of failing")
+    p.add_argument("--verify", action="store_true",
+                   help="decode and check every image, also of pairs whose outputs already exist (a resumed "
+                        "run otherwise skips finished pairs without reading them)")
     p.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), metavar="HxW",
                    help="polar map sizes to precompute (default: 122x671 for GeoDTR, 112x616 for SAFA/MGTL)")
     p.add_argument("--splits", nargs="+", default=None,
@@ -192,8 +201,8 @@ def main(argv=None) -> int:
                 continue
             seen.add(r.aerial)
             outs = [(size, prepared_polar_path(r, size)) for size in sizes]
-            jobs.append((r.id, args.dataset, r.aerial, r.ground, outs, r.ground_prepared, ref))
-    problems, written = [], 0
+            jobs.append((r.id, args.dataset, r.aerial, r.ground, outs, r.ground_prepared, ref, args.verify))
+    problems, written, checked_ok = [], 0, set()
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), desc="prepare", unit="pair", file=sys.stderr, disable=None)
@@ -210,6 +219,8 @@ def main(argv=None) -> int:
             written += n
             if problem:
                 problems.append((rid, problem))
+            elif n or args.verify:
+                checked_ok.add(rid)
             bar.update(1)
     finally:
         bar.close()
@@ -221,7 +232,7 @@ def main(argv=None) -> int:
     print(f"prepared {len(jobs) - len(problems):,} pair(s), wrote {written:,} file(s) "
           f"(polar sizes {', '.join(f'{h}x{w}' for h, w in sizes)}"
           f"{'; CVACT ground crops' if args.dataset == 'cvact' else ''}); finished files were skipped")
-    _write_bad_pairs(args.root, problems)
+    _write_bad_pairs(args.root, problems, checked_ok)
     if problems and not args.allow_missing:
         raise CVGLError(f"{len(problems)} pair(s) have bad images (listed above, first: {problems[0][1]}); "
                         "replace those files, or pass --allow-missing to drop the pairs")

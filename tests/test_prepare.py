@@ -113,6 +113,14 @@ def test_cli_unreadable_and_wrong_size_images(tmp_path):
     res = run_cli("--dataset", "cvusa", "--root", root, "--workers", "1", "--sizes", "6x20")
     _one_error_line(res, "bad images")
     assert "16x20, not square" in res.stderr
+    cv2.imwrite(wide, np.zeros((16, 16, 3), np.uint8))
+    pano = os.path.join(root, "streetview", "panos", "0000003.jpg")
+    cv2.imwrite(pano, np.zeros((16, 16, 3), np.uint8))  # a panorama of the wrong shape, in a finished pair
+    res = run_cli("--dataset", "cvusa", "--root", root, "--workers", "1", "--sizes", "6x20")
+    assert res.returncode == 0 and pano not in res.stderr  # resume skips finished pairs unread ...
+    res = run_cli("--dataset", "cvusa", "--root", root, "--workers", "1", "--sizes", "6x20", "--verify")
+    _one_error_line(res, "bad images")
+    assert f"panorama {pano} is 16x16, expected width/height 5.50" in res.stderr
     os.remove(wide)
     res = run_cli("--dataset", "cvusa", "--root", root, "--check-only")
     _one_error_line(res, "missing", wide)
@@ -121,5 +129,6 @@ def test_cli_unreadable_and_wrong_size_images(tmp_path):
 
 def test_help_explains_every_flag():
     text = prepare.build_parser().format_help()
-    for flag in ("--dataset", "--root", "--workers", "--check-only", "--allow-missing", "--sizes", "--splits"):
+    for flag in ("--dataset", "--root", "--workers", "--check-only", "--allow-missing", "--sizes", "--splits",
+                 "--verify"):
         assert flag in text
