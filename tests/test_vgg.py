@@ -149,3 +149,18 @@ def test_dropout_only_in_training_and_round_trip():
     np.testing.assert_array_equal(a, b)
     clone = VGG16Trunk.from_config(trunk.get_config())
     assert clone.dropout == 0.5 and clone.widths == (2, 2, 4, 4, 4)
+
+
+def test_model_builders_load_the_file_into_both_trunks(tmp_path, reference_vgg):
+    from common.data.specs import SAFA_POLAR
+    from mgtl_tf import safa
+
+    path = str(tmp_path / VGG16_NOTOP_FILE)
+    write_legacy_notop(reference_vgg, path)
+    model = safa.build_model({"backbone_weights": path}, SAFA_POLAR)
+    want = reference_vgg.get_layer("block5_conv3").get_weights()[0]
+    for trunk in (model.ground_trunk, model.aerial_trunk):
+        np.testing.assert_array_equal(np.asarray(trunk.convs[-1].kernel), want)
+    with pytest.raises(CVGLError, match="gone.h5"):
+        safa.build_model({"backbone_weights": str(tmp_path / "gone.h5"), "vgg_widths": [2, 2, 2, 2, 2]},
+                         SAFA_POLAR.replace(ground_size=(32, 32), aerial_size=(32, 32)))
