@@ -11,7 +11,9 @@ settings it describes (L = 6, the full block).
 Compute is counted analytically, per pair (ground + aerial tower), as multiply-accumulates (MACs) of every
 convolution, dense layer and attention matrix product; FLOPs = 2 x MACs. Element-wise work (ReLU, GELU,
 LayerNorm, softmax, pooling, means, adds) is not counted. The paper's "4.43 GFLOPs" cannot include two
-VGG16s at 112x616 (about 42 GMACs) and is not used as a check (mgtl.md).
+VGG16s at 112x616 (about 42 GMACs) and is not used as a check (mgtl.md). Cross-check: TensorFlow's graph
+profiler (tf.compat.v1.profiler, float_operation) counts 1.2% more on a small tower, the bias adds, softmax
+and norms this count leaves out (tests/test_mgtl_tools.py).
 """
 
 from __future__ import annotations

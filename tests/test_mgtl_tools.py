@@ -140,3 +140,25 @@ def test_show_attention_refuses_backbone_only(tmp_path):
         unwrap_model(MGTL(variant="backbone_only"))
     with pytest.raises(CVGLError, match="not an MGTL"):
         unwrap_model(keras.Sequential([keras.layers.Dense(1)]))
+
+
+def test_analytical_flops_agree_with_tensorflow_profiler():
+    """Ours counts convolutions, dense layers and attention products; TF's profiler also counts bias adds,
+    softmax and norms, so it must be a little higher, and close."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from mgtl_tf.model import MGTL
+    from mgtl_tf.summary import tower_macs
+
+    spec = SAFA_POLAR.replace(ground_size=(64, 320), aerial_size=(64, 320))
+    model = MGTL(input_spec=spec, dim=48, heads=6, mlp_dim=96, generator_dim=96, vgg_widths=[8, 8, 16, 16, 32],
+                 steps=2)
+    model.build()
+    fn = tf.function(lambda x: model.ground_tower(x))
+    frozen = convert_variables_to_constants_v2(fn.get_concrete_function(tf.TensorSpec((1, 64, 320, 3))))
+    opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    opts["output"] = "none"
+    profiled = tf.compat.v1.profiler.profile(graph=frozen.graph, options=opts).total_float_ops
+    ours = 2 * tower_macs(model.ground_tower, (64, 320))
+    assert ours <= profiled <= 1.03 * ours
