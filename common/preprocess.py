@@ -18,12 +18,15 @@ Ground view (:class:`GroundPreprocess`)
 
 Aerial view (:class:`AerialPreprocess`)
     1. Centre-crop to a square (aerial tiles are square already; this only guards odd inputs).
-    2. Polar models (``spec.polar``): **area-resize the square to the dataset's source size S** (750 for
-       CVUSA ``bingmap/19``, 1200 for CVACT ``satview_polish``; identity when the image already has that
-       size), apply :class:`common.polar.PolarTransform` (its sampling grid is fixed for one S, which is why
-       the resize comes first), then round and clip to [0, 255] — the offline preparation stores polar maps
-       as rounded uint8 PNGs (:func:`common.polar.polar_transform_fast`), so the model was trained on
-       rounded pixels.
+    2. Polar models (``spec.polar``): the SAFA polar transform of the square **as it is** (default): the
+       sampling grid of :mod:`common.polar` (same formula: rho_i = S/2 (H-1-i)/H, centre S/2, bilinear, zero
+       outside) is computed in the graph, in float64, for the input's own side S, so a 750 px CVUSA tile, a
+       1200 px CVACT tile or a 128 px synthetic tile each gives exactly the polar map the offline preparation
+       (:func:`common.polar.polar_transform_fast`) makes from that file. With ``source_size=S`` instead, the
+       square is first area-resized to S and :class:`common.polar.PolarTransform` (grid fixed for S) is
+       applied: for users whose aerial images have another resolution than the training data.
+       Either way the result is rounded and clipped to [0, 255]: prepared polar maps are stored as rounded
+       uint8 PNGs, so the model was trained on rounded pixels.
        Raw-aerial models: area-resize the square to the spec's aerial size.
     3. Normalisation as for the ground.
 
@@ -35,13 +38,11 @@ layers. Its ``embed_ground`` / ``embed_aerial`` take raw uint8 NHWC batches; it 
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 from common.data.specs import get_spec, normalise
 from common.errors import CVGLError
-
-#: Side length S of the aerial images each dataset ships (protocol.md section 1).
-AERIAL_SOURCE_SIZE = {"cvusa": 750, "cvact": 1200}
 
 #: A ground image whose width/height is below this is a full-sphere panorama: keep the middle half of rows.
 FULL_PANORAMA_MAX_ASPECT = 3.0
@@ -97,24 +98,52 @@ def _centre_square(x):
     return x[:, top : top + side, left : left + side]
 
 
+def polar_any_size(square, height: int, width: int):
+    """SAFA polar transform of (B, S, S, C) float images, S static or dynamic, to (B, height, width, C).
+
+    The formula of :mod:`common.polar` (its docstring), with the sampling grid built in the graph in
+    float64 from the actual S; the four bilinear neighbours are gathered from the flattened image.
+    """
+    side = ops.shape(square)[1]
+    batch, channels = ops.shape(square)[0], square.shape[-1]
+    s = ops.cast(side, "float64")
+    i = ops.cast(ops.arange(height), "float64")[:, None]
+    j = ops.cast(ops.arange(width), "float64")[None, :]
+    rho = (s / 2.0) * (height - 1 - i) / height
+    theta = 2.0 * np.pi * j / width
+    rows = s / 2.0 + rho * ops.cos(theta)
+    cols = s / 2.0 - rho * ops.sin(theta)
+    r0, c0 = ops.floor(rows), ops.floor(cols)
+    flat = ops.reshape(square, (batch, side * side, channels))
+    out = None
+    for dr, dc in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        r, c = r0 + dr, c0 + dc
+        wr = (r0 + 1.0 - rows) if dr == 0 else (rows - r0)
+        wc = (c0 + 1.0 - cols) if dc == 0 else (cols - c0)
+        inside = ops.logical_and(ops.logical_and(r >= 0, r < s), ops.logical_and(c >= 0, c < s))
+        weight = ops.cast(ops.where(inside, wr * wc, 0.0), square.dtype)
+        index = ops.cast(ops.clip(r, 0, s - 1.0) * s + ops.clip(c, 0, s - 1.0), "int32")
+        term = ops.take(flat, ops.reshape(index, (-1,)), axis=1) * ops.reshape(weight, (1, -1, 1))
+        out = term if out is None else out + term
+    return ops.reshape(out, (batch, height, width, channels))
+
+
 @keras.saving.register_keras_serializable(package="cvgl")
 class AerialPreprocess(keras.layers.Layer):
     """uint8 (B, H, W, 3) aerial images of any size -> (B, Ha, Wa, 3) normalised float32 model input.
 
-    ``source_size``: the S the polar transform samples from (polar specs only; see the module docstring).
+    ``source_size``: polar specs only; None (default) = polar transform of the image as it is, S = resize
+    to S x S first (see the module docstring).
     """
 
     def __init__(self, input_spec, source_size=None, **kwargs):
         super().__init__(**kwargs)
         self.spec = get_spec(input_spec)
         self.source_size = None if source_size is None else int(source_size)
-        if self.spec.polar and not self.source_size:
-            raise CVGLError(
-                f"input spec {self.spec.name!r} is polar: AerialPreprocess needs source_size (the aerial side "
-                f"length the polar maps were made from, e.g. {AERIAL_SOURCE_SIZE})"
-            )
+        if self.source_size is not None and self.source_size < 2:
+            raise CVGLError(f"aerial source size must be at least 2 pixels, got {self.source_size}")
         self.polar = None
-        if self.spec.polar:
+        if self.spec.polar and self.source_size:
             from common.polar import PolarTransform
 
             self.polar = PolarTransform(*self.spec.aerial_size, name="polar_transform")
@@ -126,9 +155,13 @@ class AerialPreprocess(keras.layers.Layer):
 
     def call(self, images):
         x = _centre_square(ops.cast(images, "float32"))
-        if self.polar is not None:
-            x = ops.image.resize(x, (self.source_size, self.source_size), interpolation=RESIZE_METHOD)
-            x = ops.clip(ops.round(self.polar(x)), 0.0, 255.0)
+        if self.spec.polar:
+            if self.polar is not None:
+                x = ops.image.resize(x, (self.source_size, self.source_size), interpolation=RESIZE_METHOD)
+                x = self.polar(x)
+            else:
+                x = polar_any_size(x, *self.spec.aerial_size)
+            x = ops.clip(ops.round(x), 0.0, 255.0)
         else:
             x = ops.image.resize(x, tuple(self.spec.aerial_size), interpolation=RESIZE_METHOD)
         return normalise(x, self.spec)
@@ -212,16 +245,9 @@ class EndToEndModel(keras.Model):
         return cls(model, **config)
 
 
-def end_to_end(model, dataset: str | None = None, aerial_source_size: int | None = None) -> EndToEndModel:
-    """Wrap a trained model; S defaults to the dataset's aerial size (polar specs only)."""
+def end_to_end(model, aerial_source_size: int | None = None) -> EndToEndModel:
+    """Wrap a trained model (built) with the preprocessing; ``aerial_source_size`` as in AerialPreprocess."""
     spec = get_spec(model.input_spec_)
-    if spec.polar and aerial_source_size is None:
-        if dataset not in AERIAL_SOURCE_SIZE:
-            raise CVGLError(
-                f"cannot tell the aerial source size for dataset {dataset!r}; pass it explicitly "
-                f"(--aerial-size S; CVUSA {AERIAL_SOURCE_SIZE['cvusa']}, CVACT {AERIAL_SOURCE_SIZE['cvact']})"
-            )
-        aerial_source_size = AERIAL_SOURCE_SIZE[dataset]
     e2e = EndToEndModel(model, aerial_source_size=aerial_source_size if spec.polar else None)
     e2e.build()
     return e2e

@@ -132,8 +132,9 @@ def model_card(meta: dict, cfg: dict, results) -> str:
     ]
     if spec["polar"]:
         s = meta["aerial_source_size"]
+        resize = f"area resize to {s}x{s}, " if s else "at its own size (no resize), "
         lines.append(
-            f"- aerial: centre square, area resize to {s}x{s}, SAFA polar transform to "
+            f"- aerial: centre square, {resize}SAFA polar transform to "
             f"{spec['aerial_size'][0]}x{spec['aerial_size'][1]} (north = centre column), rounded to integers"
         )
     else:
@@ -190,9 +191,10 @@ def main(argv=None):
     parser.add_argument("--results", help="results.json for the model card (default: RUN/results.json)")
     parser.add_argument("--out", required=True, help="export directory to create (written atomically)")
     parser.add_argument("--aerial-size", type=int, default=None,
-                        help="polar models: side S of the square aerial images the polar maps were made from "
-                        "(default: 750 for CVUSA, 1200 for CVACT; synthetic worlds: their aerial size). Inputs "
-                        "of another size are area-resized to S before the polar transform")
+                        help="polar models: area-resize every aerial input to S x S before the polar transform "
+                        "(default: none; the polar transform is computed on the square image as it is, which "
+                        "is exactly what the offline preparation did to the training tiles; give S when your "
+                        "aerial images have another resolution than the training data, e.g. 750 for CVUSA)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     args = parser.parse_args(argv)
 
@@ -221,7 +223,7 @@ def main(argv=None):
     from common.preprocess import end_to_end
 
     model = load_trained_model(ckpt, cfg)
-    e2e = end_to_end(model, dataset=cfg.get("dataset"), aerial_source_size=args.aerial_size)
+    e2e = end_to_end(model, aerial_source_size=args.aerial_size)
     print(f"exporting {cfg.get('name')} from {ckpt} ...")
     meta = write_export(e2e, args.out, cfg, results=results, overwrite=args.overwrite, model_card=model_card)
     print(f"wrote {os.path.abspath(args.out)}")

@@ -137,8 +137,9 @@ def _norm_protocol(p):
     if p is None:
         return None
     p = str(p).lower().replace(" ", "")
+    # experiments.evaluate writes "index" / "radius_5m"; configs may spell the 5 m rule "utm_5m"
     return {"index": "index", "exact": "index", "radius_5m": "radius_5m", "5m": "radius_5m",
-            "radius5m": "radius_5m"}.get(p, p)
+            "radius5m": "radius_5m", "utm_5m": "radius_5m", "utm5m": "radius_5m"}.get(p, p)
 
 
 def match(evaluation: dict, rows: list, config: str | None = None) -> dict | None:

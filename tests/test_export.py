@@ -17,14 +17,14 @@ import yaml
 from common.data.specs import GEODTR_RAW, SAFA_POLAR, InputSpec, normalise
 from common.errors import CVGLError
 from common.export import load_export, write_export
-from common.polar import polar_transform_fast
-from common.preprocess import AerialPreprocess, GroundPreprocess, end_to_end
+from common.polar import polar_transform, polar_transform_fast
+from common.preprocess import AerialPreprocess, GroundPreprocess, end_to_end, polar_any_size
 
 TINY_GEODTR = InputSpec("tiny_geodtr_polar", (32, 176), (32, 176), True, "tanh")
 TINY_SAFA = SAFA_POLAR.replace(name="tiny_safa_polar", ground_size=(32, 160), aerial_size=(32, 160))
 MGTL_TINY = {"vgg_widths": [4, 4, 8, 8, 8], "backbone_weights": None, "dim": 16, "heads": 2, "mlp_dim": 32,
              "generator_dim": 32, "steps": 2}
-S = 64  # aerial source size of the tiny exports
+S = 64  # aerial source size of the MGTL export (--aerial-size)
 
 
 def _images(seed=0):
@@ -56,30 +56,39 @@ def test_ground_preprocess_crop_rule_and_area_resize():
                                atol=1e-6)
 
 
-def test_aerial_preprocess_polar_matches_prepared_maps():
-    rng = np.random.default_rng(2)
-    spec = SAFA_POLAR.replace(ground_size=(28, 154), aerial_size=(28, 154))
-    layer = AerialPreprocess(spec, source_size=S)
-    aerial = rng.integers(0, 256, (2, S, S, 3), dtype=np.uint8)
-    got = np.asarray(layer(aerial))
+@pytest.mark.parametrize("side", [64, 750])
+def test_aerial_polar_as_is_matches_the_reference_transform(side):
+    rng = np.random.default_rng(side)
+    aerial = rng.integers(0, 256, (2, side, side, 3), dtype=np.uint8)
+    got = np.asarray(polar_any_size(aerial.astype(np.float32), 28, 154))
+    layer = np.asarray(AerialPreprocess(TINY_SAFA.replace(aerial_size=(28, 154)))(aerial))
     for b in range(2):
+        np.testing.assert_allclose(got[b], polar_transform(aerial[b], 28, 154), atol=1e-3)  # float64 formula
         prepared = polar_transform_fast(aerial[b], 28, 154).astype(np.float32)  # what prepare stores (rounded)
-        diff = np.abs(got[b] - normalise(prepared, spec))
+        diff = np.abs(layer[b] - normalise(prepared, TINY_SAFA))
         assert diff.max() <= 1.0 + 1e-3  # at most one grey level (OpenCV's fixed-point bilinear weights)
-        assert diff.mean() < 0.05
+        assert diff.mean() < 0.01
+
+
+def test_aerial_polar_with_source_size_resizes_first():
+    rng = np.random.default_rng(2)
+    spec = TINY_SAFA.replace(aerial_size=(28, 154))
+    aerial = rng.integers(0, 256, (1, 2 * S, 2 * S, 3), dtype=np.uint8)
+    got = np.asarray(AerialPreprocess(spec, source_size=S)(aerial))[0]
+    small = cv2.resize(aerial[0].astype(np.float32), (S, S), interpolation=cv2.INTER_AREA)
+    ref = normalise(np.round(polar_transform(small, 28, 154)), spec)
+    assert np.max(np.abs(got - ref)) <= 1.0 + 1e-3 and np.mean(np.abs(got - ref)) < 0.01
     # a non-square input is centre-cropped first; the result equals the crop's
-    wide = np.concatenate([rng.integers(0, 256, (1, S, 8, 3), dtype=np.uint8), aerial[:1],
-                           rng.integers(0, 256, (1, S, 8, 3), dtype=np.uint8)], axis=2)
-    np.testing.assert_allclose(np.asarray(layer(wide)), got[:1], atol=1e-5)
+    wide = np.concatenate([rng.integers(0, 256, (1, 2 * S, 8, 3), dtype=np.uint8), aerial,
+                           rng.integers(0, 256, (1, 2 * S, 8, 3), dtype=np.uint8)], axis=2)
+    np.testing.assert_allclose(np.asarray(AerialPreprocess(spec, source_size=S)(wide))[0], got, atol=1e-5)
 
 
-def test_aerial_preprocess_raw_resizes_and_polar_needs_source_size():
+def test_aerial_raw_resizes_to_the_spec():
     layer = AerialPreprocess(GEODTR_RAW)
     x = np.random.default_rng(3).integers(0, 256, (1, 512, 512, 3), dtype=np.uint8)
     ref = normalise(cv2.resize(x[0].astype(np.float32), (256, 256), interpolation=cv2.INTER_AREA), GEODTR_RAW)
     assert np.max(np.abs(np.asarray(layer(x))[0] - ref)) * 127.5 < 0.02
-    with pytest.raises(CVGLError, match="source_size"):
-        AerialPreprocess(SAFA_POLAR)
 
 
 # ------------------------------------------------------------------------------------------------- export
@@ -106,8 +115,9 @@ MGTL_RESULTS = {"config": "mgtl_tiny_run", "dataset": "cvusa", "split": "val", "
 
 @pytest.fixture(scope="module")
 def geodtr_export(tmp_path_factory):
-    """GeoDTR (polar, the real ResNet-34 towers, a tiny layout extractor) exported with write_export."""
-    e2e = end_to_end(_geodtr(), aerial_source_size=S)
+    """GeoDTR (polar, the real ResNet-34 towers, a tiny layout extractor) exported with write_export; its
+    polar transform works on each aerial image as it is."""
+    e2e = end_to_end(_geodtr())
     out = str(tmp_path_factory.mktemp("export_geodtr") / "export")
     meta = write_export(e2e, out, {"name": "tiny_geodtr", "dataset": "cvusa", "model": {"family": "geodtr"}})
     return e2e, out, meta
@@ -115,7 +125,8 @@ def geodtr_export(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mgtl_export(tmp_path_factory):
-    """MGTL (tiny widths) saved as a training run directory and exported with the command."""
+    """MGTL (tiny widths) saved as a training run directory and exported with the command; aerial images
+    are resized to S x S before the polar transform."""
     from experiments import export as cli
 
     root = tmp_path_factory.mktemp("export_mgtl")

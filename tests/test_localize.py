@@ -27,7 +27,7 @@ from experiments import localize as localize_cli
 from tests.standin_model import StandInModel
 
 SPEC = InputSpec("tiny_polar", (16, 88), (16, 88), True, "tanh")
-AERIAL = 128  # aerial side of the tiny world = the export's polar source size
+AERIAL = 128  # aerial side of the tiny world
 QUERY = 3  # the held-out val pair that is localised through the command (see the module docstring)
 
 
@@ -37,7 +37,7 @@ def _trained_model(root):
     ground = np.stack([read_rgb(r.ground) for r in records])
     aerial = np.stack([read_rgb(r.aerial) for r in records])
     x = {"ground": np.asarray(GroundPreprocess(SPEC)(ground)),
-         "aerial": np.asarray(AerialPreprocess(SPEC, source_size=AERIAL)(aerial))}
+         "aerial": np.asarray(AerialPreprocess(SPEC)(aerial))}
     keras.utils.set_random_seed(0)
     model = StandInModel(input_spec=SPEC.to_config(), width=8)
     model.compile(optimizer=keras.optimizers.Adam(2e-3))
@@ -50,7 +50,7 @@ def world(tmp_path_factory):
     base = tmp_path_factory.mktemp("localize")
     root = tiny_world(base, "cvusa", seed=0, n_train=160, n_val=16, aerial_size=AERIAL, pano_size=(32, 176))
     export = str(base / "export")
-    write_export(end_to_end(_trained_model(root), aerial_source_size=AERIAL), export,
+    write_export(end_to_end(_trained_model(root)), export,
                  {"name": "standin_synthetic", "dataset": "cvusa", "model": {"family": "standin"}})
     index = str(base / "val_index.npz")
     assert index_cli.main(["build", "--export", export, "--dataset", "cvusa", "--root", root, "--split", "val",
@@ -127,7 +127,7 @@ def test_index_build_resumes(world, tmp_path, monkeypatch):
 def test_index_of_another_model_is_refused(world, tmp_path):
     other = str(tmp_path / "other_export")
     keras.utils.set_random_seed(1)
-    write_export(end_to_end(StandInModel(input_spec=SPEC.to_config(), width=8), aerial_source_size=AERIAL), other,
+    write_export(end_to_end(StandInModel(input_spec=SPEC.to_config(), width=8)), other,
                  {"name": "untrained", "dataset": "cvusa", "model": {"family": "standin"}})
     query = read_split("cvusa", world["root"], "val")[0].ground
     with pytest.raises(CVGLError, match="built with another model"):
