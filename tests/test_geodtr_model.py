@@ -183,3 +183,50 @@ def test_build_model_config_keys_and_backbone_weights(tmp_path, monkeypatch):
     want = sd["layer4.2.conv2.weight"].transpose(2, 3, 1, 0)
     np.testing.assert_array_equal(m.backbone_ground.blocks[-1].conv2.kernel.numpy(), want)
     np.testing.assert_array_equal(m.backbone_aerial.blocks[-1].conv2.kernel.numpy(), want)
+
+
+def test_descriptor_picture(tiny, tmp_path):
+    import cv2
+
+    from experiments.show_descriptors import main as show_main
+    from geodtr_tf.visualize import layout_maps, prepare_pair, show_descriptors
+
+    rng = np.random.default_rng(4)
+    ground, aerial = tmp_path / "pano.png", tmp_path / "sat.png"
+    cv2.imwrite(str(ground), rng.integers(0, 255, (60, 330, 3), dtype=np.uint8))
+    cv2.imwrite(str(aerial), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))  # square: polar-transformed
+    out = tmp_path / "pic" / "descriptors.png"
+    maps = show_descriptors(tiny, str(ground), str(aerial), str(out))
+    assert maps["ground"].shape == maps["aerial"].shape == (2, 3, 6)
+    assert np.abs(maps["ground"]).max() <= 1.0
+    img = cv2.imread(str(out))
+    assert img is not None and img.shape[0] > 100 and img.shape[1] > 200
+    # the maps are the model's P, reshaped row-major over the feature grid
+    g_in, a_in, g_img, a_img = prepare_pair(tiny.input_spec_, rng.integers(0, 255, (60, 330, 3), dtype=np.uint8),
+                                            rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    assert g_img.shape == (48, 96, 3) and a_img.shape == (48, 96, 3) and g_in.shape == (1, 48, 96, 3)
+    _, p, _ = tiny.layout(g_in, "ground")
+    np.testing.assert_array_equal(layout_maps(tiny, g_in, a_in)["ground"][1], np.asarray(p)[0, :, 1].reshape(3, 6))
+    with pytest.raises(CVGLError, match="ground image not found"):
+        show_main(["--weights", "w.keras", "--ground", str(tmp_path / "none.png"), "--aerial", str(aerial),
+                   "--out", str(out)])
+    with pytest.raises(CVGLError, match="GeoDTR weights not found"):
+        show_main(["--weights", str(tmp_path / "w.keras"), "--ground", str(ground), "--aerial", str(aerial),
+                   "--out", str(out)])
+
+
+def test_summary_report(capsys):
+    import json
+
+    from experiments.summary import main as summary_main
+    from geodtr_tf.summary import gle_flops
+
+    summary_main(["--model", "geodtr", "--no-polar", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["params"] == report["paper_params"] == 47_515_808
+    assert [c["params"] for c in report["components"]] == [21_284_672, 21_284_672, 2_969_632, 1_976_832]
+    assert report["extra"]["descriptor"] == 4096
+    # FLOPs of a tiny extractor by hand: N=4, D=2, K=1, one layer, FFN 3, C=512
+    # E 2·4·1·2=16, IAPE 16, qkv 2·1·2·6=24, scores+AV 2·2·1·1·2=8, out 2·1·2·2=8, FFN 2·2·1·2·3=24,
+    # Q 2·2·1·4=16, r·P 2·4·512·1=4096
+    assert gle_flops(4, k=1, layers=1, ffn=3) == 16 + 16 + 24 + 8 + 8 + 24 + 16 + 4096

@@ -1,0 +1,147 @@
+"""Picture of GeoDTR's K geometric layout descriptors over a panorama and its (polar) aerial image, as the
+paper's visualisation (Zhang et al., AAAI 2023, the layout-descriptor figures): for each descriptor k the map
+P[:, k] ∈ [−1, 1] over the backbone grid (8x42 for 122x671 inputs, 16x16 for a raw 256x256 aerial),
+upsampled to the image and drawn with a diverging colour map (red +1, blue −1) on top of it.
+
+* :func:`prepare_pair` -- raw RGB images -> model inputs and the pictures they show (same rules as the
+  export's preprocessing: a CVACT-style 2:1 panorama is cut to its middle half; a square aerial is
+  polar-transformed for polar models, a non-square one is taken as a polar map already);
+* :func:`layout_maps` -- {"ground", "aerial"}: (K, h, w) descriptor maps of a GeoDTR model;
+* :func:`draw_layout` -- the PNG (written atomically);
+* :func:`show_descriptors` -- all three from file paths; :func:`load_geodtr` -- any checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from common.errors import CVGLError, require_file
+
+
+def _read_rgb(path):
+    import cv2
+
+    require_file(path, "image", "give an existing JPEG/PNG file")
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise CVGLError(f"image {path} could not be decoded (is it a JPEG/PNG?)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def prepare_pair(spec, ground_rgb, aerial_rgb):
+    """uint8 RGB images -> (ground_in, aerial_in) normalised (1, H, W, 3) float32 and the uint8 pictures."""
+    import cv2
+
+    from common.data.specs import normalise
+
+    g = np.asarray(ground_rgb)
+    if g.shape[1] / g.shape[0] < 3:  # full equirectangular panorama: keep the horizon band (rows H/4..3H/4)
+        h = g.shape[0]
+        g = g[h // 4: 3 * h // 4]
+    gh, gw = spec.ground_size
+    g = cv2.resize(g, (gw, gh), interpolation=cv2.INTER_AREA)
+    a = np.asarray(aerial_rgb)
+    ah, aw = spec.aerial_size
+    if spec.polar and a.shape[0] == a.shape[1]:
+        from common.polar import polar_transform_fast
+
+        a = polar_transform_fast(a, ah, aw)
+    elif not spec.polar and a.shape[0] != a.shape[1]:
+        raise CVGLError(f"the model takes a raw square aerial image, got {a.shape[1]}x{a.shape[0]}")
+    if a.shape[:2] != (ah, aw):
+        a = cv2.resize(a, (aw, ah), interpolation=cv2.INTER_AREA)
+    g_in = normalise(g.astype(np.float32), spec)[None]
+    a_in = normalise(a.astype(np.float32), spec)[None]
+    return g_in.astype(np.float32), a_in.astype(np.float32), g, a
+
+
+def layout_maps(model, ground_in, aerial_in) -> dict:
+    """{"ground": (K, h, w), "aerial": (K, h, w)} descriptor maps P = hardtanh(Q) of the first image."""
+    out = {}
+    for view, x in (("ground", ground_in), ("aerial", aerial_in)):
+        _, p, (h, w) = model.layout(x, view, training=False)
+        p = np.asarray(p)[0]  # (N, K), n = row·w + col
+        out[view] = p.T.reshape(p.shape[1], h, w)
+    return out
+
+
+def draw_layout(ground_img, aerial_img, maps, out_png, title="", alpha=0.55) -> str:
+    """K rows x 2 columns (panorama | aerial), each descriptor map over its image; writes ``out_png``."""
+    import cv2
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = maps["ground"].shape[0]
+    ga = ground_img.shape[1] / ground_img.shape[0]
+    aa = aerial_img.shape[1] / aerial_img.shape[0]
+    fig, axes = plt.subplots(k + 1, 2, figsize=(3.2 * (ga + aa) / 2 + 1.5, 1.1 * (k + 1) * max(1.0, 5.5 / aa)),
+                             gridspec_kw={"width_ratios": [ga, aa]}, squeeze=False)
+    axes[0, 0].imshow(ground_img)
+    axes[0, 0].set_title("ground panorama")
+    axes[0, 1].imshow(aerial_img)
+    axes[0, 1].set_title("aerial (polar)" if aa > 1.5 else "aerial")
+    image = None
+    for i in range(k):
+        for j, (view, img) in enumerate((("ground", ground_img), ("aerial", aerial_img))):
+            m = cv2.resize(maps[view][i].astype(np.float32), (img.shape[1], img.shape[0]),
+                           interpolation=cv2.INTER_LINEAR)
+            ax = axes[i + 1, j]
+            ax.imshow(img, alpha=1.0)
+            image = ax.imshow(m, cmap="coolwarm", vmin=-1, vmax=1, alpha=alpha)
+            ax.set_ylabel(f"k={i}" if j == 0 else "", rotation=0, labelpad=14)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label="P (layout descriptor)")
+    fig.suptitle(title or f"GeoDTR: {k} geometric layout descriptors")
+    out_dir = os.path.dirname(os.path.abspath(out_png))
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = os.path.join(out_dir, f".tmp-{os.getpid()}-{os.path.basename(out_png)}")
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, out_png)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return out_png
+
+
+def load_geodtr(path, polar=None, num_heads=4):
+    """A GeoDTR from any checkpoint: our ``.keras`` (training checkpoint, converted file, or an export's
+    model.keras) or an official PyTorch file (.pth/.safetensors/.npz, converted on the fly)."""
+    from geodtr_tf.model import GeoDTR
+
+    require_file(path, "GeoDTR weights", "give a .keras checkpoint or an official .pth/.safetensors/.npz file")
+    if str(path).endswith(".keras"):
+        import keras
+
+        import common.preprocess  # noqa: F401  (an export's model.keras wraps the model)
+
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise CVGLError(f"cannot load {path} as a Keras model ({first})") from None
+        inner = getattr(model, "model", None)
+        if not isinstance(model, GeoDTR) and isinstance(inner, GeoDTR):
+            model = inner
+        if not isinstance(model, GeoDTR):
+            raise CVGLError(f"{path} holds a {type(model).__name__}, not a GeoDTR model")
+        return model
+    from geodtr_tf.convert import convert_geodtr, read_state_dict
+
+    return convert_geodtr(read_state_dict(path), polar=polar, num_heads=num_heads, source=str(path))
+
+
+def show_descriptors(model, ground_path, aerial_path, out_png, title="") -> dict:
+    """Read the two images, run the model, draw the picture; returns the maps."""
+    g_in, a_in, g_img, a_img = prepare_pair(model.input_spec_, _read_rgb(ground_path), _read_rgb(aerial_path))
+    maps = layout_maps(model, g_in, a_in)
+    draw_layout(g_img, a_img, maps, out_png, title=title)
+    return maps
