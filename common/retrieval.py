@@ -29,7 +29,11 @@ Precision: the default working dtype is float32 (sgemm runs at twice the double 
 descriptors are float32). Values that are exactly representable -- the golden fixtures -- give bit-identical
 results to the official float64 evaluator; on real descriptors two references whose distances differ by less
 than the float32 rounding of a d-term dot product (~1e-6) may be ordered differently from a float64
-evaluator. ``dtype="float64"`` reproduces the official arithmetic exactly, at about twice the time.
+evaluator. ``dtype="float64"`` reproduces the official arithmetic exactly, at about twice the time. In the
+radius protocol ``j*`` is chosen from separately computed pair scores (the few references within the radius);
+references within the radius are never counted as preceding ``j*`` (true by definition), so a rounding
+difference between that score and the GEMM cannot push ``j*`` or a duplicate of it down the list; a
+reference *outside* the radius whose distance equals ``j*``'s up to rounding may be ordered either way.
 
 Backends: ``"numpy"`` (OpenBLAS), ``"tf"`` (a GPU when TensorFlow sees one), ``"auto"`` (TF when a GPU is
 visible, else NumPy) and ``"faiss"`` (optional; exact inner-product search of the top K, for galleries that
@@ -452,6 +456,7 @@ def radius_ranks(query, reference, query_pos, reference_pos, radius_m: float = 5
         return (ranks, best) if return_info else ranks
 
     has = best >= 0
+    pq, pr = qi, ri  # within-radius pairs, sorted by query
     a_thr = np.full(nq, np.inf, dtype=dtype)  # rows without a positive: count nothing
     b_thr = np.full(nq, np.inf, dtype=dtype)
     a_thr[has] = _threshold(tbest[has], strict=True)  # D < t   <=> s > a
@@ -464,6 +469,7 @@ def radius_ranks(query, reference, query_pos, reference_pos, radius_m: float = 5
         for a0 in qstarts:
             a1 = min(a0 + chunk, nq)
             a, b, jb = a_thr[a0:a1], b_thr[a0:a1], best[a0:a1]
+            pq0, pq1 = np.searchsorted(pq, [a0, a1])  # the within-radius pairs of this query chunk
             cnt = np.zeros(a1 - a0, dtype=np.int64)
             for c0 in rstarts:
                 c1 = min(c0 + chunk, nr)
@@ -477,11 +483,15 @@ def radius_ranks(query, reference, query_pos, reference_pos, radius_m: float = 5
                 if rows.size:
                     split = np.minimum(jb[rows] - c0, c1 - c0)
                     cnt[rows] += ops.count_ties_before(s, rows, a[rows], b[rows], split)
-                inside = (jb >= c0) & (jb < c1)
-                if inside.any():  # j* itself is never "closer than itself", whatever the GEMM rounding did
-                    rows = np.nonzero(inside)[0]
-                    sj = ops.gather(s, rows, jb[rows] - c0)
-                    cnt[rows] -= (sj > a[rows]).astype(np.int64)
+                # References within the radius never count: by definition none precedes j*, so this
+                # subtracts exactly nothing unless the GEMM rounded one of them (j* itself, or a duplicate
+                # of it) differently from the pair score that chose j*.
+                sel = pq0 + np.nonzero((pr[pq0:pq1] >= c0) & (pr[pq0:pq1] < c1))[0]
+                if sel.size:
+                    rows, cols = pq[sel] - a0, pr[sel]
+                    sv = ops.gather(s, rows, cols - c0)
+                    counted = (sv > a[rows]) | ((sv > b[rows]) & (cols < jb[rows]))
+                    np.subtract.at(cnt, rows, counted.astype(np.int64))
                 if bar is not None:
                     bar.update(1)
             ranks[a0:a1] = cnt

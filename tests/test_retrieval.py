@@ -162,6 +162,20 @@ def test_chunked_equals_dense(chunk):
     assert np.array_equal(dist, np.take_along_axis(dense, order, 1).astype(np.float32))
 
 
+def test_radius_ranks_robust_to_pair_score_rounding(monkeypatch):
+    """The score that picks j* comes from a separate dot product. If it rounds differently from the GEMM,
+    neither j* nor a within-radius duplicate of it may count as closer than j* (they are in range)."""
+    q = np.array([[1.0, 0.0, 0.0]])
+    ref = np.array([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.75, 0.0, 0.5], [0.0, 1.0, 0.0], [0.25, 0.0, 1.0]])
+    ref_pos = np.array([[0.0, 0.0], [1.0, 0.0], [50.0, 0.0], [60.0, 0.0], [70.0, 0.0]])
+    args = (q, ref, [[0.0, 0.0]], ref_pos, 5.0)
+    assert R.radius_ranks(*args, backend="numpy").tolist() == [1]  # only ref 2 (s=.75) precedes j*=0
+    exact = R._pair_similarities
+    monkeypatch.setattr(R, "_pair_similarities", lambda *a, **k: exact(*a, **k) - np.float32(1e-3))
+    assert R.radius_ranks(*args, chunk_size=2, backend="numpy").tolist() == [1]
+    assert R.radius_ranks(*args, chunk_size=2, backend="tf").tolist() == [1]
+
+
 def test_radius_gallery_larger_than_queries():
     q, r, qpos, rpos = _tied_data(120, seed=4)
     assert np.array_equal(R.radius_ranks(q[:50], r, qpos[:50], rpos, 3.0, chunk_size=16, backend="numpy"),
