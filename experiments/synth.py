@@ -3,8 +3,8 @@
 Write (the seed selects the city: style and map; two seeds are two different-looking areas)::
 
     python -m experiments.synth --layout cvusa --out data/synth_a --seed 1 --train 2000 --val 500
-    python -m experiments.synth --layout cvact --out data/synth_act --seed 2 --train 800 --val 200 --test 400 \\
-        --aerial-size 256 --pano-size 128x256 --workers 2
+    python -m experiments.synth --layout cvact --out data/synth_act --seed 2 --train 800 --val 200 \\
+        --test 400 --aerial-size 256 --pano-size 128x256 --workers 2
 
 Full-size defaults are the real sizes (CVUSA aerial 750, panorama 224x1232; CVACT 1200 and 832x1664). A
 contact sheet (aerial | polar | panorama for a few pairs) is written to ``OUT/contact_sheet.png``.
@@ -46,7 +46,8 @@ def _read_layout(root: str):
         return "cvact"
     if os.path.isdir(os.path.join(root, "splits")):
         return "cvusa"
-    raise CVGLError(f"cannot tell the layout of {root} (no synth.json, ACT_data.mat or splits/); pass --layout")
+    raise CVGLError(f"cannot tell the layout of {root} (no synth.json, ACT_data.mat or splits/); "
+                    "pass --layout")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -50,7 +50,8 @@ def test_cvusa_layout(cvusa_root):
     for row in rows["train"] + rows["val"]:  # no header; aerial, ground, annotation
         pid = os.path.splitext(os.path.basename(row[0]))[0]
         assert len(pid) == 7 and pid.isdigit()
-        assert row == [f"bingmap/19/{pid}.jpg", f"streetview/panos/{pid}.jpg", f"streetview/annotations/{pid}.png"]
+        assert row == [f"bingmap/19/{pid}.jpg", f"streetview/panos/{pid}.jpg",
+                       f"streetview/annotations/{pid}.png"]
         aerial = cv2.imread(os.path.join(cvusa_root, row[0]))
         pano = cv2.imread(os.path.join(cvusa_root, row[1]))
         assert aerial.shape == (AERIAL, AERIAL, 3) and pano.shape == PANO + (3,)
@@ -107,7 +108,8 @@ def test_readers_load_both_layouts(cvusa_root, cvact_root):
     tr = read_split("cvusa", cvusa_root, "train")
     va = read_split("cvusa", cvusa_root, "val")
     assert (len(tr), len(va)) == (10, 6)
-    assert all(r.position is not None and os.path.isfile(r.ground) and os.path.isfile(r.aerial) for r in tr + va)
+    assert all(r.position is not None for r in tr + va)
+    assert all(os.path.isfile(r.ground) and os.path.isfile(r.aerial) for r in tr + va)
     counts = {s: len(read_split("cvact", cvact_root, s)) for s in ("train", "val", "test")}
     assert counts == {"train": 8, "val": 4, "test": 9}
     rec = read_split("cvact", cvact_root, "test")[0]
@@ -131,7 +133,8 @@ def test_resume_rewrites_only_missing_pairs(tmp_path):
     victim = os.path.join(root, "streetview", "panos", "0000002.jpg")
     keep = open(victim, "rb").read()
     os.remove(victim)
-    write_world("cvusa", root, 2, 3, 2, aerial_size=64, pano_size=(16, 88), progress=False, contact_sheet=False)
+    write_world("cvusa", root, 2, 3, 2, aerial_size=64, pano_size=(16, 88), progress=False,
+                contact_sheet=False)
     assert open(victim, "rb").read() == keep
 
 
@@ -185,7 +188,8 @@ def test_landmark_bearing_matches_in_polar_aerial_and_panorama(theta, bearing):
     mask = (aerial[..., 0] > 0.5) & (aerial[..., 1] < 0.3)
     r, c = np.argwhere(mask).mean(axis=0)
     b = math.radians(bearing)
-    assert abs(c - (size / 2 + 30 / res * math.sin(b))) < 2 and abs(r - (size / 2 - 30 / res * math.cos(b))) < 2
+    assert abs(c - (size / 2 + 30 / res * math.sin(b))) < 2
+    assert abs(r - (size / 2 - 30 / res * math.cos(b))) < 2
 
 
 def test_wall_occludes_what_is_behind_it():

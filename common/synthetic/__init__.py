@@ -9,8 +9,8 @@ Public API::
     raw_pixel_baseline(root, layout, split="val", size=(16, 88)) -> dict      (common.synthetic.baseline)
     tiny_world(tmp_path, layout, seed=0, n_train=24, n_val=16, ...) -> str   (common.synthetic.testing)
 
-Modules: world (style, map, locations), render (raster, aerial, panorama, nuisances), noise, layouts (writers),
-sheet (contact sheet), baseline (raw-pixel retrieval baseline), testing (pytest helper).
+Modules: world (style, map, locations), render (raster, aerial, panorama, nuisances), noise,
+layouts (writers), sheet (contact sheet), baseline (raw-pixel retrieval baseline), testing (pytest helper).
 """
 
 from common.synthetic.layouts import LAYOUTS, render_pair, write_world  # noqa: F401

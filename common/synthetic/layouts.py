@@ -105,7 +105,8 @@ def pair_files(layout: str, pid: str, split: str):
     """Relative (aerial path(s), ground path(s)) of one pair."""
     if layout == "cvusa":
         return [f"bingmap/19/{pid}.jpg"], [f"streetview/panos/{pid}.jpg"]
-    parts = {"train": ["ANU_data_small"], "val": ["ANU_data_small", "ANU_data_test"], "test": ["ANU_data_test"]}
+    parts = {"train": ["ANU_data_small"], "val": ["ANU_data_small", "ANU_data_test"],
+             "test": ["ANU_data_test"]}
     parts = parts[split]
     return ([f"{p}/satview_polish/{pid}_satView_polish.jpg" for p in parts],
             [f"{p}/streetview/{pid}_grdView.jpg" for p in parts])
@@ -184,14 +185,16 @@ def _write_cvusa_index(out, plan):
         for i in range(plan.n):
             if plan.split[i] == split:
                 pid = plan.ids[i]
-                lines.append(f"bingmap/19/{pid}.jpg,streetview/panos/{pid}.jpg,streetview/annotations/{pid}.png\n")
+                lines.append(f"bingmap/19/{pid}.jpg,streetview/panos/{pid}.jpg,"
+                             f"streetview/annotations/{pid}.png\n")
         atomic_write(os.path.join(out, "splits", name), "".join(lines).encode())
     lat, lon = _latlon(plan.utm, plan.seed)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["id", "lat", "lon", "easting", "northing"])
     for i in range(plan.n):
-        w.writerow([plan.ids[i], f"{lat[i]:.8f}", f"{lon[i]:.8f}", f"{plan.utm[i, 0]:.3f}", f"{plan.utm[i, 1]:.3f}"])
+        w.writerow([plan.ids[i], f"{lat[i]:.8f}", f"{lon[i]:.8f}", f"{plan.utm[i, 0]:.3f}",
+                    f"{plan.utm[i, 1]:.3f}"])
     atomic_write(os.path.join(out, "coordinates.csv"), buf.getvalue().encode())
 
 
@@ -233,9 +236,11 @@ def write_world(layout: str, out, seed: int, n_train: int, n_val: int, n_test: i
         raise CVGLError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
     n_train, n_val, n_test, workers = int(n_train), int(n_val), int(n_test), int(workers)
     if min(n_train, n_val, n_test) < 0 or n_train + n_val + n_test == 0:
-        raise CVGLError(f"pair counts must be >= 0 and not all 0 (train={n_train}, val={n_val}, test={n_test})")
+        raise CVGLError(f"pair counts must be >= 0 and not all 0 (train={n_train}, val={n_val}, "
+                        f"test={n_test})")
     if layout == "cvusa" and n_test:
-        raise CVGLError("CVUSA has no test split (only train-19zl / val-19zl); use --test 0 or --layout cvact")
+        raise CVGLError("CVUSA has no test split (only train-19zl / val-19zl); use --test 0 or "
+                        "--layout cvact")
     if workers < 1:
         raise CVGLError(f"--workers must be >= 1, got {workers}")
     spec = LAYOUTS[layout]
@@ -293,7 +298,9 @@ def write_world(layout: str, out, seed: int, n_train: int, n_val: int, n_test: i
         _write_cvusa_index(out, plan)
     else:
         _write_cvact_index(out, plan)
-    d = np.hypot(*(plan.utm[:, None, :] - plan.utm[None, :, :]).transpose(2, 0, 1)) if plan.n <= 6000 else None
+    d = None
+    if plan.n <= 6000:
+        d = np.hypot(*(plan.utm[:, None, :] - plan.utm[None, :, :]).transpose(2, 0, 1))
     near = None
     if d is not None:
         np.fill_diagonal(d, np.inf)
@@ -309,7 +316,8 @@ def write_world(layout: str, out, seed: int, n_train: int, n_val: int, n_test: i
         write_contact_sheet(out, layout, plan, os.path.join(out, "contact_sheet.png"))
         summary["contact_sheet"] = "contact_sheet.png"
     stored = {k: v for k, v in summary.items() if k != "root"}  # no absolute path: folders stay identical
-    atomic_write(manifest, json.dumps({"arguments": args, "summary": stored}, indent=2, sort_keys=True).encode())
+    text = json.dumps({"arguments": args, "summary": stored}, indent=2, sort_keys=True)
+    atomic_write(manifest, text.encode())
     os.remove(os.path.join(out, ".synth-args.json"))
     return summary
 

@@ -40,12 +40,13 @@ def raster_noise(u0: float, v0: float, n: int, res: float, scale: float, seed: i
     lattice = hash01(kx, ky, seed) * 2.0 - 1.0
     # raster (j, i) -> lattice (col, row): col = u/scale - kx0, row = v/scale - ky0
     a = res / scale
-    m = np.array([[a, 0.0, (u0 - half) / scale - kx0], [0.0, -a, (v0 + half) / scale - ky0]], dtype=np.float64)
+    m = np.array([[a, 0.0, (u0 - half) / scale - kx0], [0.0, -a, (v0 + half) / scale - ky0]],
+                 dtype=np.float64)
     return cv2.warpAffine(lattice, m, (n, n), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                           borderMode=cv2.BORDER_REFLECT)
 
 
 def grid_noise(h: int, w: int, cells_y: int, cells_x: int, seed: int) -> np.ndarray:
-    """h x w smooth noise in [-1, 1] from a (cells_y+1) x (cells_x+1) lattice (for skies, not world-anchored)."""
+    """h x w smooth noise in [-1, 1] from a (cells_y+1) x (cells_x+1) lattice (skies; not world-anchored)."""
     lattice = hash01(np.arange(cells_x + 1)[None, :], np.arange(cells_y + 1)[:, None], seed) * 2.0 - 1.0
     return cv2.resize(lattice, (w, h), interpolation=cv2.INTER_CUBIC)

@@ -142,8 +142,8 @@ def rasterize(scene: W.Scene, style: W.Style, u0: float, v0: float, n: int, res:
                 roof_tilt[i0:i1, j0:j1, 0] = 0.5 * sgn
     canopy = np.zeros((n, n), np.float32)
     tree = np.full((n, n), -1, np.int32)
-    tboxes = R.boxes(np.stack([scene.trees[:, 0] - scene.trees[:, 2], scene.trees[:, 0] + scene.trees[:, 2],
-                               scene.trees[:, 1] - scene.trees[:, 2], scene.trees[:, 1] + scene.trees[:, 2]], 1))
+    tu_, tv_, tr_ = scene.trees[:, 0], scene.trees[:, 1], scene.trees[:, 2]
+    tboxes = R.boxes(np.stack([tu_ - tr_, tu_ + tr_, tv_ - tr_, tv_ + tr_], 1))
     for k, (tu, tv, rad, _bot, top) in enumerate(scene.trees):
         j0, j1, i0, i1 = tboxes[k]
         if j1 <= j0 or i1 <= i0:
@@ -200,7 +200,8 @@ def shadow_map(R: Raster, sun, max_steps: int = 24) -> np.ndarray:
     return full
 
 
-def render_aerial(R: Raster, scene: W.Scene, style: W.Style, size: int, sun, rng, cars: int = 6) -> np.ndarray:
+def render_aerial(R: Raster, scene: W.Scene, style: W.Style, size: int, sun, rng,
+                  cars: int = 6) -> np.ndarray:
     """North-up float32 RGB (size x size) of the raster; the location sits at pixel coordinate size / 2."""
     flat = 0.35 + 0.65 * sun[2]
     tilt = R.roof_tilt
@@ -272,7 +273,8 @@ def distance_samples(res: float, reach: float, t0: float = 0.4):
 def sky(h_rows_tan, width, sun, theta, rng):
     """Sky colour for rows with elevation tangent ``h_rows_tan`` (H,) over all columns -> (H, W, 3)."""
     overcast = rng.random() < 0.25
-    zen = np.array(W._hsv(rng.uniform(0.55, 0.64), rng.uniform(0.35, 0.7), rng.uniform(0.55, 0.9)), np.float32)
+    zen = W._hsv(rng.uniform(0.55, 0.64), rng.uniform(0.35, 0.7), rng.uniform(0.55, 0.9))
+    zen = np.array(zen, np.float32)
     hor = np.clip(zen + rng.uniform(0.15, 0.35), 0, 1).astype(np.float32)
     if overcast:
         g = rng.uniform(0.6, 0.85)
@@ -352,7 +354,8 @@ def render_panorama(R: Raster, scene: W.Scene, style: W.Style, height: int, widt
     if wall.any():
         wb = b[wall]
         wf = R.face[ci[wall], cj[wall]].astype(np.int64)
-        rd = np.stack([np.broadcast_to(du[None, :], wall.shape)[wall], np.broadcast_to(dv[None, :], wall.shape)[wall]], 1)
+        rd = np.stack([np.broadcast_to(du[None, :], wall.shape)[wall],
+                       np.broadcast_to(dv[None, :], wall.shape)[wall]], 1)
         nrm = FACE_NORMALS[wf]
         away = (nrm * rd).sum(1) > 0  # a face the ray cannot see: use the other axis, facing the ray
         alt = np.where(np.abs(rd[:, 0:1]) > np.abs(rd[:, 1:2]), np.c_[-np.sign(rd[:, 0]), 0 * rd[:, 0]],
@@ -366,7 +369,8 @@ def render_panorama(R: Raster, scene: W.Scene, style: W.Style, height: int, widt
         fh = style.floor_height
         fz = np.mod(zz, fh) / fh
         fa = np.mod(along + wb * 0.37, 3.1) / 3.1
-        win = (fz > 0.3) & (fz < 0.75) & (fa > 0.2) & (fa < 0.72) & (zz > 0.9) & (zz < scene.buildings[wb, 4] - 0.5)
+        win = (fz > 0.3) & (fz < 0.75) & (fa > 0.2) & (fa < 0.72) & (zz > 0.9)
+        win &= zz < scene.buildings[wb, 4] - 0.5
         wcol = scene.wall_rgb[wb] * (1 + 0.05 * R.noise[ci[wall], cj[wall]])[:, None]
         wcol = np.where(win[:, None], np.asarray(style.window_rgb, np.float32) + 0.15 * sky_rgb[0, 0], wcol)
         img[wall] = wcol * wshade[:, None]
@@ -425,7 +429,9 @@ def _tree_sprites(img, depth, R, scene, theta, beta, tan_el, eye, reach, sun, ov
             (depth[rows[:, None], cols[None, :]] > d)
         trunk &= ~canopy
         base = scene.tree_rgb[k]
-        lit = 0.55 + 0.35 * np.clip((zz - bot) / (top - bot), 0, 1) + (0 if overcast else 0.1 * np.sign(x) * sun[0])
+        lit = 0.55 + 0.35 * np.clip((zz - bot) / (top - bot), 0, 1)
+        if not overcast:
+            lit = lit + 0.1 * np.sign(x) * sun[0]
         ri, cj = np.nonzero(canopy)
         gr, gc = rows[ri], cols[cj]
         img[gr, gc] = base * (lit * lobes)[ri, cj][:, None]
@@ -454,8 +460,8 @@ def _car_sprites(img, depth, R, theta, beta, tan_el, eye, rng, count):
             continue
         x = d * np.sin(beta[cols] - b)[None, :]
         zz = zrow[rows][:, None]
-        body = (np.abs(x) < half_m) & (depth[rows[:, None], cols[None, :]] > d - 1) & ((zz < 1.0) |
-                                                                                    (np.abs(x) < half_m - 0.3))
+        body = (np.abs(x) < half_m) & (depth[rows[:, None], cols[None, :]] > d - 1)
+        body &= (zz < 1.0) | (np.abs(x) < half_m - 0.3)  # the cabin is narrower than the body
         color = np.where(((zz > 1.0) & (zz < 1.42))[..., None], rgb * 0.3 + 0.05, rgb)
         color = np.where(((zz < 0.35) & (np.abs(np.abs(x) - half_m * 0.65) < 0.35))[..., None], 0.05, color)
         color = np.broadcast_to(color, body.shape + (3,))

@@ -20,7 +20,8 @@ def _label(img, text):
     return out
 
 
-def write_contact_sheet(root: str, layout: str, plan, path: str, count: int = 4, row_height: int = 128) -> str:
+def write_contact_sheet(root: str, layout: str, plan, path: str, count: int = 4,
+                        row_height: int = 128) -> str:
     """Write a PNG of ``count`` pairs (val first) to ``path``; returns ``path``."""
     from common.polar import polar_transform_fast
 

@@ -80,6 +80,10 @@ class Style:
     fog_distance: float
 
 
+def _rgb(x) -> tuple:
+    return tuple(float(c) for c in x)
+
+
 def draw_style(seed: int) -> Style:
     r = _rng(seed, 0x5717)
     grass_h = r.uniform(0.16, 0.30)
@@ -106,14 +110,16 @@ def draw_style(seed: int) -> Style:
             v = r.uniform(0.3, 0.9)
             roofs.append(tuple(np.clip(np.array([v] * 3) + r.uniform(-0.04, 0.04, 3), 0, 1)))
         else:  # around the city's roof hue (terracotta, slate, green metal, ...)
-            roofs.append(_hsv((roof_hue + r.normal(0, 0.06)) % 1.0, r.uniform(0.25, 0.7), r.uniform(0.3, 0.75)))
+            hue = (roof_hue + r.normal(0, 0.06)) % 1.0
+            roofs.append(_hsv(hue, r.uniform(0.25, 0.7), r.uniform(0.3, 0.75)))
     walls = []
     wall_hue = r.uniform(0, 1)
     for _ in range(int(r.integers(4, 8))):
         if r.random() < 0.4:
             walls.append(_hsv(r.uniform(0.05, 0.15), r.uniform(0.05, 0.3), r.uniform(0.6, 0.95)))  # beige
         else:
-            walls.append(_hsv((wall_hue + r.normal(0, 0.1)) % 1.0, r.uniform(0.15, 0.65), r.uniform(0.35, 0.9)))
+            hue = (wall_hue + r.normal(0, 0.1)) % 1.0
+            walls.append(_hsv(hue, r.uniform(0.15, 0.65), r.uniform(0.35, 0.9)))
     return Style(
         theta=float(r.uniform(0, math.pi / 2)),
         block_mean=float(r.uniform(60, 130)),
@@ -132,9 +138,9 @@ def draw_style(seed: int) -> Style:
         roof_palette=tuple(tuple(float(c) for c in x) for x in roofs),
         wall_palette=tuple(tuple(float(c) for c in x) for x in walls),
         floor_height=float(r.uniform(2.8, 4.0)),
-        window_rgb=tuple(float(c) for c in _hsv(r.uniform(0.5, 0.65), r.uniform(0.1, 0.4), r.uniform(0.15, 0.4))),
+        window_rgb=_rgb(_hsv(r.uniform(0.5, 0.65), r.uniform(0.1, 0.4), r.uniform(0.15, 0.4))),
         street_tree_spacing=float(0.0 if r.random() < 0.2 else r.uniform(7, 22)),
-        tree_rgb=tuple(float(c) for c in _hsv(r.uniform(0.2, 0.36), r.uniform(0.35, 0.75), r.uniform(0.2, 0.45))),
+        tree_rgb=_rgb(_hsv(r.uniform(0.2, 0.36), r.uniform(0.35, 0.75), r.uniform(0.2, 0.45))),
         tree_size=float(r.uniform(1.8, 3.8)),
         yard_tree_prob=float(r.uniform(0.0, 0.7)),
         park_prob=float(r.uniform(0.03, 0.18)),
@@ -142,7 +148,7 @@ def draw_style(seed: int) -> Style:
         plaza_prob=float(r.uniform(0.0, 0.1)),
         aerial_sun_azimuth=float(r.uniform(90, 270)),
         aerial_sun_elevation=float(r.uniform(35, 70)),
-        haze_rgb=tuple(float(c) for c in np.clip(np.array([0.72, 0.78, 0.86]) + r.uniform(-0.06, 0.06, 3), 0, 1)),
+        haze_rgb=_rgb(np.clip(np.array([0.72, 0.78, 0.86]) + r.uniform(-0.06, 0.06, 3), 0, 1)),
         fog_distance=float(r.uniform(150, 450)),
     )
 
@@ -226,10 +232,12 @@ class City:
         b0 = int(np.searchsorted(self.road_v, v0 - half)) - 1
         b1 = int(np.searchsorted(self.road_v, v0 + half))
         parts = [self._block(a, b) for a in range(max(a0, 0), a1 + 1) for b in range(max(b0, 0), b1 + 1)]
-        cat = lambda k, shape: (np.concatenate([p[k] for p in parts]) if parts else np.zeros(shape))  # noqa: E731
+        def cat(k, shape):
+            return np.concatenate([p[k] for p in parts]) if parts else np.zeros(shape)
+
         return Scene(ru, rv, s.road_width, s.sidewalk, cat(0, (0, 4)), cat(1, (0,)).astype(np.int64),
-                     cat(2, (0, 5)), cat(3, (0, 3)), cat(4, (0, 3)), cat(5, (0,)).astype(bool), cat(6, (0, 5)),
-                     cat(7, (0, 3)))
+                     cat(2, (0, 5)), cat(3, (0, 3)), cat(4, (0, 3)), cat(5, (0,)).astype(bool),
+                     cat(6, (0, 5)), cat(7, (0, 3)))
 
     @functools.lru_cache(maxsize=512)
     def _block(self, a: int, b: int):
@@ -325,7 +333,10 @@ class City:
                     h2 = float(np.clip(h * r.uniform(0.5, 1.3), 3.0, 40.0))
                     footprint = [[f_l0, cut_l, f_d0, f_d1, h], [cut_l, f_l1, f_d0, cut_d, h2]]
                 for (p0, p1, q0, q1, hh) in footprint:
-                    box = [ua + p0, ua + p1, va + q0, va + q1] if along_u else [ua + q0, ua + q1, va + p0, va + p1]
+                    if along_u:
+                        box = [ua + p0, ua + p1, va + q0, va + q1]
+                    else:
+                        box = [ua + q0, ua + q1, va + p0, va + p1]
                     blds.append(box + [hh]), roofs.append(roof), walls.append(wall), pitched.append(pitch)
                 if r.random() < s.yard_tree_prob:
                     pl, pd = r.uniform(l0, l1), d0 + r.uniform(0.2, 0.8) * max(sb, 0.5)
@@ -361,11 +372,14 @@ class City:
                 ang = r.uniform(0, 2 * math.pi)
                 p = base + r.uniform(1.0, 4.5) * np.array([math.cos(ang), math.sin(ang)])
             elif r.random() < len(ru) / max(1, len(ru) + len(rv)):
-                p = np.array([ru[int(r.integers(len(ru)))] + r.choice([-lanes, lanes]), r.uniform(-side / 2, side / 2)])
+                lane_u = ru[int(r.integers(len(ru)))] + r.choice([-lanes, lanes])
+                p = np.array([lane_u, r.uniform(-side / 2, side / 2)])
             else:
-                p = np.array([r.uniform(-side / 2, side / 2), rv[int(r.integers(len(rv)))] + r.choice([-lanes, lanes])])
+                along = r.uniform(-side / 2, side / 2)
+                p = np.array([along, rv[int(r.integers(len(rv)))] + r.choice([-lanes, lanes])])
             cell = (int(p[0] // 2), int(p[1] // 2))
-            close = [out[j] for dx in (-1, 0, 1) for dy in (-1, 0, 1) for j in grid.get((cell[0] + dx, cell[1] + dy), ())]
+            close = [out[j] for dx in (-1, 0, 1) for dy in (-1, 0, 1)
+                     for j in grid.get((cell[0] + dx, cell[1] + dy), ())]
             if any(math.hypot(*(p - q)) < 1.0 for q in close):
                 continue
             out[k] = p
