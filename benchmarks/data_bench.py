@@ -1,6 +1,6 @@
 """Data-layer benchmark: polar precompute speed and tf.data pipeline throughput per core.
 
-    python -m benchmarks.data_bench [--pairs 24] [--batches 6] [--batch-size 8] [--repeats 20]
+    python -m benchmarks.data_bench [--pairs 24] [--batches 10] [--batch-size 8] [--repeats 20]
 
 1. Polar transform of one full-size CVUSA aerial image (750 x 750 x 3) to 122x671 and 112x616: the float64
    reference (:func:`common.polar.polar_transform`) vs the fast path (:func:`polar_transform_fast`), both
@@ -96,7 +96,7 @@ def pipeline_table(pairs: int, batches: int, batch_size: int) -> list:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.data_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--pairs", type=int, default=24, help="pairs in the toy full-size folder (default 24)")
-    p.add_argument("--batches", type=int, default=6, help="timed batches per pipeline case (default 6)")
+    p.add_argument("--batches", type=int, default=10, help="timed batches per pipeline case (default 10)")
     p.add_argument("--batch-size", type=int, default=8, help="pipeline batch size (default 8)")
     p.add_argument("--repeats", type=int, default=20, help="timing repeats for the polar rows (best of N)")
     args = p.parse_args(argv)
