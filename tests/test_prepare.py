@@ -94,7 +94,18 @@ def test_cli_failures_are_one_line(tmp_path):
     _one_error_line(run_cli("--dataset", "cvact", "--root", str(act)), "ACT_data.mat")
 
 
-def test_cli_unreadable_and_wrong_size_images(tmp_path):
+def _in_process(capsys, *args, fails=True):
+    """Run prepare.main in this process; returns (error message or None, stderr)."""
+    argv = ["--dataset", "cvusa", "--workers", "1", "--sizes", "6x20", *args]
+    if fails:
+        with pytest.raises(CVGLError) as err:
+            prepare.main(argv)
+        return str(err.value), capsys.readouterr().err
+    assert prepare.main(argv) == 0
+    return None, capsys.readouterr().err
+
+
+def test_cli_unreadable_and_wrong_size_images(tmp_path, capsys):
     root = write_toy_cvusa(tmp_path / "u", n_train=3, n_val=2, aerial_size=16, pano_size=(4, 22))
     corrupt = os.path.join(root, "bingmap", "19", "0000002.jpg")
     with open(corrupt, "wb") as fh:
@@ -102,25 +113,27 @@ def test_cli_unreadable_and_wrong_size_images(tmp_path):
     res = run_cli("--dataset", "cvusa", "--root", root, "--workers", "1", "--sizes", "6x20")
     _one_error_line(res, "bad images", "--allow-missing", corrupt)
     assert f"bad pair 0000002: unreadable image {corrupt}" in res.stderr
-    res = run_cli("--dataset", "cvusa", "--root", root, "--workers", "1", "--sizes", "6x20", "--allow-missing")
-    assert res.returncode == 0, res.stderr
-    assert "dropped pair 0000002" in res.stderr
+    _, err = _in_process(capsys, "--root", root, "--allow-missing", fails=False)
+    assert "dropped pair 0000002" in err
     assert [r.id for r in read_split("cvusa", root, "train", allow_missing=True)] == ["0000001", "0000003"]
-    # a missing image is listed by name and stops the run
-    os.remove(os.path.join(root, "bad_pairs.txt"))
+    # an aerial image that is not square
     wide = os.path.join(root, "bingmap", "19", "0000002.jpg")
     cv2.imwrite(wide, np.zeros((16, 20, 3), np.uint8))
-    res = run_cli("--dataset", "cvusa", "--root", root, "--workers", "1", "--sizes", "6x20")
-    _one_error_line(res, "bad images")
-    assert "16x20, not square" in res.stderr
+    msg, err = _in_process(capsys, "--root", root)
+    assert "bad images" in msg and "16x20, not square" in err
+    # fixed: the pair is taken off bad_pairs.txt
     cv2.imwrite(wide, np.zeros((16, 16, 3), np.uint8))
+    _in_process(capsys, "--root", root, fails=False)
+    assert not os.path.exists(os.path.join(root, "bad_pairs.txt"))
+    assert len(read_split("cvusa", root, "train")) == 3
+    # a panorama of the wrong shape in a finished pair: resume skips it unread, --verify finds it
     pano = os.path.join(root, "streetview", "panos", "0000003.jpg")
-    cv2.imwrite(pano, np.zeros((16, 16, 3), np.uint8))  # a panorama of the wrong shape, in a finished pair
-    res = run_cli("--dataset", "cvusa", "--root", root, "--workers", "1", "--sizes", "6x20")
-    assert res.returncode == 0 and pano not in res.stderr  # resume skips finished pairs unread ...
-    res = run_cli("--dataset", "cvusa", "--root", root, "--workers", "1", "--sizes", "6x20", "--verify")
-    _one_error_line(res, "bad images")
-    assert f"panorama {pano} is 16x16, expected width/height 5.50" in res.stderr
+    cv2.imwrite(pano, np.zeros((16, 16, 3), np.uint8))
+    _, err = _in_process(capsys, "--root", root, fails=False)
+    assert pano not in err
+    msg, err = _in_process(capsys, "--root", root, "--verify")
+    assert f"panorama {pano} is 16x16, expected width/height 5.50" in err
+    # a missing image is listed by name and stops the run (CLI: one line, exit 2)
     os.remove(wide)
     res = run_cli("--dataset", "cvusa", "--root", root, "--check-only")
     _one_error_line(res, "missing", wide)
