@@ -205,21 +205,25 @@ def official_recall_array(ranks: np.ndarray) -> np.ndarray:
 
 
 def within_radius(query_pos, reference_pos, radius_m: float) -> list:
-    """For each query, the sorted reference indices whose position is within ``radius_m`` (``<=``) metres."""
+    """For each query, the sorted reference indices whose position is within ``radius_m`` (``<=``) metres
+    (Euclidean, ``sqrt(dx^2 + dy^2) <= radius_m`` in float64)."""
+    qi, ri = _radius_pairs(query_pos, reference_pos, radius_m)
+    return np.split(ri, np.searchsorted(qi, np.arange(1, len(query_pos))))
+
+
+def _radius_pairs(query_pos, reference_pos, radius_m: float):
+    """(query index, reference index) of every pair within the radius, sorted by query then reference."""
     from scipy.spatial import cKDTree
 
     qp = np.asarray(query_pos, dtype=np.float64)
     rp = np.asarray(reference_pos, dtype=np.float64)
-    tree = cKDTree(rp)
-    cand = tree.query_ball_point(qp, r=radius_m * (1 + 1e-9) + 1e-9)
-    out = []
-    for q, c in enumerate(cand):
-        c = np.asarray(sorted(c), dtype=np.int64)
-        if c.size:
-            d = np.sqrt(((rp[c] - qp[q]) ** 2).sum(axis=1))
-            c = c[d <= radius_m]
-        out.append(c)
-    return out
+    pairs = cKDTree(qp).sparse_distance_matrix(cKDTree(rp), radius_m * (1 + 1e-9) + 1e-9,
+                                               output_type="ndarray")
+    qi, ri = pairs["i"].astype(np.int64), pairs["j"].astype(np.int64)
+    keep = np.sqrt(((qp[qi] - rp[ri]) ** 2).sum(axis=1)) <= radius_m
+    qi, ri = qi[keep], ri[keep]
+    order = np.lexsort((ri, qi))
+    return qi[order], ri[order]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -405,10 +409,16 @@ def true_match_ranks(query, reference, chunk_size: int = DEFAULT_CHUNK, backend:
     return ranks
 
 
-def _pair_similarities(q: np.ndarray, r: np.ndarray, qi: np.ndarray, ri: np.ndarray, step: int = 4096):
+def _pair_similarities(q: np.ndarray, r: np.ndarray, qi: np.ndarray, ri: np.ndarray, step: int = 512):
+    """<q[qi], r[ri]> for a list of pairs, gathered in small reused buffers (cache-sized, no page faults)."""
     out = np.empty(qi.shape[0], dtype=q.dtype)
+    bq = np.empty((min(step, qi.shape[0]), q.shape[1]), dtype=q.dtype)
+    br = np.empty_like(bq)
     for a in range(0, qi.shape[0], step):
-        out[a : a + step] = np.einsum("ij,ij->i", q[qi[a : a + step]], r[ri[a : a + step]])
+        m = min(step, qi.shape[0] - a)
+        np.take(q, qi[a : a + m], axis=0, out=bq[:m], mode="clip")  # clip: unbuffered
+        np.take(r, ri[a : a + m], axis=0, out=br[:m], mode="clip")
+        out[a : a + m] = np.einsum("ij,ij->i", bq[:m], br[:m])
     return out
 
 
@@ -435,10 +445,7 @@ def radius_ranks(query, reference, query_pos, reference_pos, radius_m: float = 5
     backend = _resolve_backend(backend)
 
     # the closest reference within the radius of each query (smallest index among equal distances)
-    near = within_radius(qp, rp, radius_m)
-    counts = np.array([c.size for c in near], dtype=np.int64)
-    qi = np.repeat(np.arange(nq), counts)
-    ri = np.concatenate(near) if counts.sum() else np.zeros(0, np.int64)
+    qi, ri = _radius_pairs(qp, rp, radius_m)
     dist = distance_from_similarity(_pair_similarities(q, r, qi, ri))
     best = np.full(nq, -1, dtype=np.int64)
     tbest = np.full(nq, np.inf, dtype=dtype)
@@ -452,7 +459,7 @@ def radius_ranks(query, reference, query_pos, reference_pos, radius_m: float = 5
 
     if backend == "faiss":
         kmax = max(one_percent_k(nr), 1)
-        ranks = _faiss_radius_ranks(q, r, near, kmax, chunk)
+        ranks = _faiss_radius_ranks(q, r, np.split(ri, np.searchsorted(qi, np.arange(1, nq))), kmax, chunk)
         return (ranks, best) if return_info else ranks
 
     has = best >= 0
@@ -474,24 +481,26 @@ def radius_ranks(query, reference, query_pos, reference_pos, radius_m: float = 5
             for c0 in rstarts:
                 c1 = min(c0 + chunk, nr)
                 s = ops.scores(a0, a1, c0, c1)
-                # strictly closer references everywhere, plus references at exactly j*'s distance *before* j*
-                # (stable sort by (distance, index)); the second term is almost always empty, so it is only
-                # computed for rows where this block holds such ties.
+                # Strictly closer references everywhere, plus references at exactly j*'s distance *before*
+                # j* (stable sort by (distance, index)). References within the radius never count: by
+                # definition none precedes j*, and removing them also makes the count immune to the GEMM
+                # rounding j* (or a duplicate of it) differently from the pair score that chose j*.
                 less = ops.count_greater(s, a)
                 cnt += less
-                rows = np.nonzero((ops.count_greater(s, b) > less) & (jb > c0))[0]
+                sel = pq0 + np.nonzero((pr[pq0:pq1] >= c0) & (pr[pq0:pq1] < c1))[0]
+                rows_p, cols_p = pq[sel] - a0, pr[sel]
+                sv = ops.gather(s, rows_p, cols_p - c0) if sel.size else np.zeros(0, dtype)
+                over = sv > a[rows_p]
+                tie_p = (sv > b[rows_p]) & ~over
+                np.subtract.at(cnt, rows_p[over], 1)
+                # equal-distance references outside the radius are rare: find the rows that have any
+                n_tie_in = np.bincount(rows_p[tie_p], minlength=a1 - a0)
+                rows = np.nonzero((ops.count_greater(s, b) - less > n_tie_in) & (jb > c0))[0]
                 if rows.size:
                     split = np.minimum(jb[rows] - c0, c1 - c0)
                     cnt[rows] += ops.count_ties_before(s, rows, a[rows], b[rows], split)
-                # References within the radius never count: by definition none precedes j*, so this
-                # subtracts exactly nothing unless the GEMM rounded one of them (j* itself, or a duplicate
-                # of it) differently from the pair score that chose j*.
-                sel = pq0 + np.nonzero((pr[pq0:pq1] >= c0) & (pr[pq0:pq1] < c1))[0]
-                if sel.size:
-                    rows, cols = pq[sel] - a0, pr[sel]
-                    sv = ops.gather(s, rows, cols - c0)
-                    counted = (sv > a[rows]) | ((sv > b[rows]) & (cols < jb[rows]))
-                    np.subtract.at(cnt, rows, counted.astype(np.int64))
+                    undo = tie_p & (cols_p < jb[rows_p]) & np.isin(rows_p, rows)
+                    np.subtract.at(cnt, rows_p[undo], 1)
                 if bar is not None:
                     bar.update(1)
             ranks[a0:a1] = cnt
