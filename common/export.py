@@ -11,9 +11,10 @@ so a crash never leaves a half-written export under the final name)::
     MODEL_CARD.md    data, protocol, metrics, preprocessing, usage
 
 The **fingerprint** is a SHA-256 over every variable the SavedModel's endpoints use (values, shapes and
-dtypes; independent of order and names, see :func:`variables_fingerprint`). :func:`load_export` recomputes it from the loaded SavedModel and compares it with ``export.json``, so
-a SavedModel swapped or damaged after export is caught; an index stores the fingerprint of the export that
-built it, so a query embedded by another model is refused.
+dtypes; independent of order and names, see :func:`variables_fingerprint`). :func:`load_export` recomputes
+it from the loaded SavedModel and compares it with ``export.json``, so a SavedModel swapped or damaged after
+export is caught; an index stores the fingerprint of the export that built it, so a query embedded by
+another model is refused.
 
 Loading needs only TensorFlow: ``tf.saved_model.load(EXPORT + "/saved_model").embed_ground(uint8_batch)``,
 or ``keras.layers.TFSMLayer(EXPORT + "/saved_model", call_endpoint="embed_ground")``.

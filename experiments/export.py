@@ -122,8 +122,16 @@ def model_card(meta: dict, cfg: dict, results) -> str:
         f"- fingerprint (SHA-256 of the SavedModel weights): `{meta['fingerprint']}`",
         "",
         "## Data",
-        f"- trained on: {cfg.get('dataset', '-')} (augmentation: {cfg.get('augment', '-')})",
+        f"- trained on: {cfg.get('dataset', '-')} layout; augmentation: "
+        + (", ".join(f"{k} {v}" for k, v in (cfg.get("augment") or {}).items()) or "none"),
         f"- training: {json.dumps(cfg.get('train', {}), default=str)}",
+    ]
+    if isinstance(results, dict):
+        for key, label in (("val_note", "validation"), ("best_epoch", "checkpoint: best epoch"),
+                           ("root", "evaluated on data at")):
+            if results.get(key) is not None:
+                lines.append(f"- {label}: {results[key]}")
+    lines += [
         "",
         "## Input (done inside the exported graph)",
         "- both endpoints take uint8 RGB images (B, H, W, 3) of any batch size and image size",

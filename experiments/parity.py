@@ -89,6 +89,7 @@ def _one(d: dict, parent: dict) -> dict | None:
         return v if v is None else str(v)
 
     return {
+        "root": pick("root"),
         "config": _config_name(d) or _config_name(parent),
         "dataset": (pick("dataset") or "").lower() or None,
         "split": pick("split"),
@@ -194,6 +195,8 @@ def format_report(report: list, config: str | None = None) -> str:
             lines.append("")
             continue
         lines.append(f"  paper: {row['paper']}, {row['table']}, row \"{row['row']}\"")
+        if ev.get("root") and os.path.isfile(os.path.join(ev["root"], "synth.json")):
+            lines.append("  note: these results are on a synthetic world, not the paper's data: not comparable")
         lines.append(f"  {'metric':<8}{'ours':>9}{'paper':>9}{'diff':>9}")
         for m in METRICS:
             ours, paper = ev["metrics"].get(m), row["metrics"].get(m)

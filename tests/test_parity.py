@@ -118,3 +118,10 @@ def test_shipped_paper_rows_are_well_formed():
     # each setting of a config appears once, so a result matches exactly one paper row
     keys = [(r["config"], r["dataset"], r["split"], r["protocol"]) for r in rows]
     assert len(keys) == len(set(keys))
+
+
+def test_synthetic_results_are_flagged(configs, tmp_path):
+    (tmp_path / "synth.json").write_text("{}")
+    text = parity.format_report(parity.compare(_result(10.0, root=str(tmp_path))))
+    assert "synthetic world" in text
+    assert "synthetic world" not in parity.format_report(parity.compare(_result(10.0)))
