@@ -228,10 +228,9 @@ def resolve_protocol(args) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m experiments.evaluate",
-        description="Recall@K (R@1, R@5, R@10, R@1%%) of a model on a CVUSA/CVACT split, ground queries "
+        description="Recall@K (R@1, R@5, R@10, R@1%) of a model on a CVUSA/CVACT split, ground queries "
         "against all aerial images. Writes a JSON file and a recall-curve PNG. Cross-area evaluation: give a "
         "run trained on one dataset (or synthetic city) and --dataset/--root of the other.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--dataset", required=True, choices=("cvusa", "cvact"), help="dataset layout under --root")
     p.add_argument("--split", required=True, choices=("val", "test"),
@@ -241,19 +240,20 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--run", help="training run directory: loads RUN/checkpoints/best.keras and RUN/config.yaml")
     src.add_argument("--weights", help="a .keras model file (any family; the families are imported to load it)")
     src.add_argument("--export", help="an export directory: its SavedModel embeds the raw uint8 image files")
-    p.add_argument("--batch-size", type=int, default=32, help="images per embedding batch")
+    p.add_argument("--batch-size", type=int, default=32, help="images per embedding batch (default %(default)s)")
     p.add_argument("--out", help="JSON path (default: RUN/eval_<dataset>_<split>.json with --run, else "
                                  "./eval_<dataset>_<split>.json); the PNG curve is written beside it")
     p.add_argument("--protocol", choices=("auto", "index", "id", "radius"), default="auto",
                    help="auto: radius for CVACT test, index otherwise; index (alias id): exact-id match; "
-                        "radius: any top-K aerial within --radius-m metres (needs positions)")
-    p.add_argument("--radius-m", type=float, default=5.0, help="radius of the radius protocol, metres")
+                        "radius: any top-K aerial within --radius-m metres (needs positions); default %(default)s")
+    p.add_argument("--radius-m", type=float, default=5.0, help="radius of the radius protocol, metres (default %(default)s)")
     p.add_argument("--chunk-size", type=int, default=4096,
-                   help="queries/references per block of the score matrix (memory ~ chunk^2 floats)")
+                   help="queries/references per block of the score matrix (memory ~ chunk^2 floats; default "
+                        "%(default)s)")
     p.add_argument("--backend", choices=("auto", "tf", "numpy", "faiss"), default="auto",
-                   help="retrieval backend: auto = TF on a GPU if visible, else NumPy; faiss needs faiss-cpu")
+                   help="retrieval backend: auto = TF on a GPU if visible, else NumPy; faiss needs faiss-cpu (default %(default)s)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                   help="distance arithmetic; float64 matches the official float64 evaluators bit for bit")
+                   help="distance arithmetic; float64 matches the official float64 evaluators bit for bit (default %(default)s)")
     p.add_argument("--allow-missing", action="store_true",
                    help="drop pairs with missing image files (listed) instead of failing; changes N")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
