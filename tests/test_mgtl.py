@@ -231,3 +231,38 @@ def test_bad_configs_are_clear_errors():
     assert model.needs_positions
     with pytest.raises(CVGLError, match="position"):
         model.family_loss({"ground": np.eye(2, dtype="float32"), "aerial": np.eye(2, dtype="float32")})
+
+
+JAX_SCRIPT = """
+import numpy as np, keras
+assert keras.backend.backend() == "jax"
+import mgtl_tf
+from mgtl_tf import safa
+from common.data.specs import SAFA_POLAR
+spec = SAFA_POLAR.replace(ground_size=(32, 160), aerial_size=(32, 160))
+rng = np.random.default_rng(0)
+x = {"ground": rng.normal(0, 50, (4, 32, 160, 3)).astype("float32"),
+     "aerial": rng.normal(0, 50, (4, 32, 160, 3)).astype("float32"),
+     "position": rng.uniform(0, 100, (4, 2)).astype("float32")}
+for variant in ("full", "naive"):
+    m = mgtl_tf.build_model(dict(dim=12, heads=6, mlp_dim=24, generator_dim=24, vgg_widths=[4, 4, 8, 8, 8],
+                                 steps=2, backbone_weights=None, variant=variant, utm_mask=True), spec)
+    m.compile(optimizer=keras.optimizers.Adam(1e-3))
+    assert np.isfinite(m.fit(x, epochs=1, batch_size=4, verbose=0).history["loss"][0])
+s = safa.build_model({"backbone_weights": None, "vgg_widths": [4, 4, 8, 8, 8]}, spec)
+s.compile(optimizer="adam")
+assert np.isfinite(s.fit(x, epochs=1, batch_size=4, verbose=0).history["loss"][0])
+print("jax ok")
+"""
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("jax") is None, reason="jax is not installed")
+def test_trains_under_the_jax_backend():
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-c", JAX_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "jax ok" in done.stdout, done.stderr[-2000:]
