@@ -22,7 +22,7 @@ def conv2d(x, w, stride, pad):
     for i in range(kh):
         for j in range(kw):
             cols[:, :, i, j] = x[:, :, i:i + stride * ho:stride, j:j + stride * wo:stride]
-    return np.einsum("bcijhw,ocij->bohw", cols, w)
+    return np.tensordot(cols, w, axes=([1, 2, 3], [1, 2, 3])).transpose(0, 3, 1, 2)  # BLAS
 
 
 def batchnorm(x, sd, p, eps=1e-5):
@@ -177,7 +177,7 @@ def random_tensor(rng, key, shape):
         return (0.1 * rng.standard_normal(shape)).astype(np.float32)
     if len(shape) == 4:  # conv: He-normal so activations neither vanish nor explode
         fan_in = shape[1] * shape[2] * shape[3]
-        return (rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)).astype(np.float32)
+        return rng.standard_normal(shape, dtype=np.float32) * np.float32(math.sqrt(2.0 / fan_in))
     if key.endswith("norm1.weight") or key.endswith("norm2.weight") or key.endswith("norm.weight") \
             or (key.endswith(".weight") and len(shape) == 1):
         return (1.0 + 0.2 * rng.standard_normal(shape)).astype(np.float32)
