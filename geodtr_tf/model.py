@@ -49,7 +49,8 @@ class GeoDTR(CrossViewModel):
     training with ``counterfactual=True``, also {"ground_cf", "aerial_cf"} (the f̂ of §5)."""
 
     def __init__(self, input_spec="geodtr_polar", num_descriptors=8, num_layers=2, num_heads=4, ffn_dim=2048,
-                 dropout=0.3, counterfactual=True, alpha=10.0, beta=5.0, seed=None, **kwargs):
+                 dropout=0.3, counterfactual=True, alpha=10.0, beta=5.0, seed=None, backbone_widths=None,
+                 **kwargs):
         super().__init__(input_spec=input_spec, **kwargs)
         spec = self.input_spec_
         self.num_descriptors = int(num_descriptors)
@@ -61,11 +62,19 @@ class GeoDTR(CrossViewModel):
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.seed = seed
+        for view, size in (("ground", spec.ground_size), ("aerial", spec.aerial_size)):
+            n = feature_positions(size)
+            if n % 2:
+                raise CVGLError(f"input spec {spec.name}: the {view} size {size[0]}x{size[1]} gives N={n} backbone "
+                                f"positions; GeoDTR's layout extractor needs an even N (D = N/2): change the size "
+                                f"so that ceil(H/16)*ceil(W/16) is even (122x671 -> 8x42, 256x256 -> 16x16)")
         gle = dict(num_descriptors=self.num_descriptors, num_layers=self.num_layers, num_heads=self.num_heads,
                    ffn_dim=self.ffn_dim, dropout=self.dropout_rate)
         # official attribute names: backbone_grd / backbone_sat / ge_grd / ge_sat
-        self.backbone_ground = ResNet34(name="backbone_grd")
-        self.backbone_aerial = ResNet34(name="backbone_sat")
+        # backbone_widths: None = ResNet-34's (64, 128, 256, 512); smaller only for CPU demos / tests
+        self.backbone_widths = None if backbone_widths is None else [int(w) for w in backbone_widths]
+        self.backbone_ground = ResNet34(widths=self.backbone_widths, name="backbone_grd")
+        self.backbone_aerial = ResNet34(widths=self.backbone_widths, name="backbone_sat")
         self.gle_ground = GeometricLayoutExtractor(feature_positions(spec.ground_size), name="ge_grd", **gle)
         self.gle_aerial = GeometricLayoutExtractor(feature_positions(spec.aerial_size), name="ge_sat", **gle)
         # P̂ ~ U(-1, 1): a SeedGenerator's state advances inside the graph, so every step draws fresh noise
@@ -80,15 +89,7 @@ class GeoDTR(CrossViewModel):
         self.built = True
 
     # --- one tower ------------------------------------------------------------------------------------
-    def _tower(self, image, backbone, gle, training=False):
-        """image -> (r (B, N, C), P (B, N, K)): backbone map flattened row-major, descriptors P = hardtanh(Q)."""
-        feat = backbone(image, training=training)
-        shape = ops.shape(feat)
-        r = ops.reshape(feat, (shape[0], shape[1] * shape[2], shape[3]))
-        p = hardtanh(gle(r, training=training))
-        return r, p
-
-    def _views(self, image, view):
+    def _views(self, view):
         if view == "ground":
             return self.backbone_ground, self.gle_ground
         if view == "aerial":
@@ -96,19 +97,23 @@ class GeoDTR(CrossViewModel):
         raise ValueError(f"view must be 'ground' or 'aerial', got {view!r}")
 
     def layout(self, image, view, training=False):
-        """(r, P, feature-map (h, w)) for one view: the K layout descriptors P (B, N, K) over the map."""
-        backbone, gle = self._views(image, view)
+        """One tower up to the descriptors: (r (B, N, C), P (B, N, K), feature-map (h, w)).
+
+        r is the backbone map flattened row-major (n = row·w + col, PyTorch's view of NCHW); P = hardtanh(Q)
+        are the K geometric layout descriptors over the N positions."""
+        backbone, gle = self._views(view)
         feat = backbone(image, training=training)
-        r_shape = ops.shape(feat)
-        r = ops.reshape(feat, (r_shape[0], r_shape[1] * r_shape[2], r_shape[3]))
-        return r, hardtanh(gle(r, training=training)), (int(feat.shape[1]), int(feat.shape[2]))
+        shape = ops.shape(feat)
+        r = ops.reshape(feat, (shape[0], shape[1] * shape[2], shape[3]))
+        p = hardtanh(gle(r, training=training))
+        return r, p, (int(feat.shape[1]), int(feat.shape[2]))
 
     def embed_ground(self, ground, training=False):
-        r, p = self._tower(ground, self.backbone_ground, self.gle_ground, training)
+        r, p, _ = self.layout(ground, "ground", training)
         return layout_descriptor_pooling(r, p)
 
     def embed_aerial(self, aerial, training=False):
-        r, p = self._tower(aerial, self.backbone_aerial, self.gle_aerial, training)
+        r, p, _ = self.layout(aerial, "aerial", training)
         return layout_descriptor_pooling(r, p)
 
     def counterfactual_descriptor(self, r, p):
@@ -117,8 +122,8 @@ class GeoDTR(CrossViewModel):
         return layout_descriptor_pooling(r, p_hat)
 
     def call(self, inputs, training=None):
-        r_g, p_g = self._tower(inputs["ground"], self.backbone_ground, self.gle_ground, training)
-        r_a, p_a = self._tower(inputs["aerial"], self.backbone_aerial, self.gle_aerial, training)
+        r_g, p_g, _ = self.layout(inputs["ground"], "ground", training)
+        r_a, p_a, _ = self.layout(inputs["aerial"], "aerial", training)
         out = {"ground": layout_descriptor_pooling(r_g, p_g), "aerial": layout_descriptor_pooling(r_a, p_a)}
         if training and self.counterfactual:
             out["ground_cf"] = self.counterfactual_descriptor(r_g, p_g)
@@ -146,13 +151,13 @@ class GeoDTR(CrossViewModel):
 
     @property
     def descriptor_size(self) -> int:
-        return 512 * self.num_descriptors
+        return self.backbone_ground.widths[-1] * self.num_descriptors
 
     def get_config(self):
         config = super().get_config()
         config.update(num_descriptors=self.num_descriptors, num_layers=self.num_layers, num_heads=self.num_heads,
                       ffn_dim=self.ffn_dim, dropout=self.dropout_rate, counterfactual=self.counterfactual,
-                      alpha=self.alpha, beta=self.beta, seed=self.seed)
+                      alpha=self.alpha, beta=self.beta, seed=self.seed, backbone_widths=self.backbone_widths)
         return config
 
     @classmethod
@@ -168,7 +173,7 @@ class GeoDTR(CrossViewModel):
 # --- building from a config ---------------------------------------------------------------------------
 
 MODEL_KEYS = ("num_descriptors", "num_layers", "num_heads", "ffn_dim", "dropout", "counterfactual", "alpha",
-              "beta", "seed")
+              "beta", "seed", "backbone_widths")
 
 
 def resolve_backbone_weights(value):

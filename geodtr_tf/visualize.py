@@ -78,8 +78,10 @@ def draw_layout(ground_img, aerial_img, maps, out_png, title="", alpha=0.55) -> 
     k = maps["ground"].shape[0]
     ga = ground_img.shape[1] / ground_img.shape[0]
     aa = aerial_img.shape[1] / aerial_img.shape[0]
-    fig, axes = plt.subplots(k + 1, 2, figsize=(3.2 * (ga + aa) / 2 + 1.5, 1.1 * (k + 1) * max(1.0, 5.5 / aa)),
-                             gridspec_kw={"width_ratios": [ga, aa]}, squeeze=False)
+    row_h = 1.0 if max(ga, aa) > 3 else 2.2  # inches per row: panoramas are wide, raw aerials square
+    fig_w = row_h * (ga + aa) + 2.2
+    fig, axes = plt.subplots(k + 1, 2, figsize=(fig_w, (k + 1) * (row_h + 0.35) + 0.7),
+                             gridspec_kw={"width_ratios": [ga, aa]}, squeeze=False, layout="constrained")
     axes[0, 0].imshow(ground_img)
     axes[0, 0].set_title("ground panorama")
     axes[0, 1].imshow(aerial_img)
@@ -92,12 +94,13 @@ def draw_layout(ground_img, aerial_img, maps, out_png, title="", alpha=0.55) -> 
             ax = axes[i + 1, j]
             ax.imshow(img, alpha=1.0)
             image = ax.imshow(m, cmap="coolwarm", vmin=-1, vmax=1, alpha=alpha)
-            ax.set_ylabel(f"k={i}" if j == 0 else "", rotation=0, labelpad=14)
+            lo, hi = float(maps[view][i].min()), float(maps[view][i].max())
+            ax.set_xlabel(f"{view} k={i}: P in [{lo:.2f}, {hi:.2f}]", fontsize=7, labelpad=1)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
     if image is not None:
-        fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label="P (layout descriptor)")
+        fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03, pad=0.01, label="P (layout descriptor)")
     fig.suptitle(title or f"GeoDTR: {k} geometric layout descriptors")
     out_dir = os.path.dirname(os.path.abspath(out_png))
     os.makedirs(out_dir, exist_ok=True)

@@ -232,3 +232,8 @@ def test_summary_report(capsys):
     # E 2·4·1·2=16, IAPE 16, qkv 2·1·2·6=24, scores+AV 2·2·1·1·2=8, out 2·1·2·2=8, FFN 2·2·1·2·3=24,
     # Q 2·2·1·4=16, r·P 2·4·512·1=4096
     assert gle_flops(4, k=1, layers=1, ffn=3) == 16 + 16 + 24 + 8 + 8 + 24 + 16 + 4096
+
+
+def test_odd_feature_grid_is_a_clear_error():
+    with pytest.raises(CVGLError, match=r"odd: the ground size 48x264 gives N=51 .* even N"):
+        GeoDTR(input_spec=InputSpec("odd", (48, 264), (48, 256), True, "tanh"))
