@@ -55,35 +55,41 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m experiments.synth",
         description="Write a synthetic cross-view area in the exact CVUSA or CVACT layout (aerial images, "
                     "north-aligned panoramas, split files), or print the raw-pixel baseline of one.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layout", choices=("cvusa", "cvact"), default=None,
                    help="on-disk layout to write (required when writing); with --baseline, read from the "
                         "folder's synth.json when omitted")
     p.add_argument("--out", help="folder to write (must be new or empty, or hold an interrupted run with the "
                                  "same arguments, which is resumed)")
-    p.add_argument("--seed", type=int, default=0, help="area seed: selects the city's style and map")
-    p.add_argument("--train", type=int, default=0, help="number of training pairs")
-    p.add_argument("--val", type=int, default=0, help="number of validation pairs")
+    p.add_argument("--seed", type=int, default=0,
+                   help="area seed: selects the city's style and map (default 0)")
+    p.add_argument("--train", type=int, default=0, help="number of training pairs (default 0)")
+    p.add_argument("--val", type=int, default=0, help="number of validation pairs (default 0)")
     p.add_argument("--test", type=int, default=0,
-                   help="CVACT only: extra test pairs; valSetAll (the 5 m test protocol) = val + test")
+                   help="CVACT only: extra test pairs; valSetAll (the 5 m test protocol) = val + test "
+                        "(default 0)")
     p.add_argument("--aerial-size", type=int, default=None,
                    help="aerial image side in pixels (default: 750 for cvusa, 1200 for cvact); the image "
                         "always covers 150 m")
     p.add_argument("--pano-size", type=_size_hw, default=None,
                    help="panorama HxW (default: 224x1232 for cvusa, 832x1664 for cvact)")
-    p.add_argument("--workers", type=int, default=1, help="parallel worker processes (files are identical "
-                                                          "for any value)")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1; the files "
+                                                          "are identical for any value)")
+    p.add_argument("--vfov", type=float, default=None,
+                   help="vertical field of view of the panorama in degrees, centred on the horizon (default: "
+                        "360 H / W for cvusa, i.e. square pixels, about +-33 deg; 180 for cvact)")
     p.add_argument("--heading-noise", type=float, default=0.0,
                    help="std. dev. (degrees) of a random panorama heading error; 0 = north-aligned as the "
-                        "real data")
+                        "real data (default)")
     p.add_argument("--near-fraction", type=float, default=0.1,
-                   help="share of locations placed 1-4.5 m from another one (the CVACT_test 5 m rule)")
+                   help="share of locations placed 1-4.5 m from another one (the CVACT_test 5 m rule; "
+                        "default 0.1)")
     p.add_argument("--no-sheet", action="store_true", help="do not write contact_sheet.png")
     p.add_argument("--baseline", metavar="DIR", default=None,
                    help="instead of writing: print R@1/R@5/R@10/R@1%% of raw-pixel retrieval on DIR's split")
-    p.add_argument("--split", default="val", help="split for --baseline")
+    p.add_argument("--split", default="val", help="split for --baseline (default val)")
     p.add_argument("--baseline-size", type=_size_hw, default=(16, 88),
-                   help="HxW both views are resized to for --baseline")
+                   help="HxW both views are resized to for --baseline (default 16x88)")
     p.add_argument("--json", action="store_true", help="print the summary / baseline as JSON")
     return p
 
@@ -108,6 +114,7 @@ def main(argv=None) -> int:
     summary = write_world(args.layout, args.out, args.seed, args.train, args.val, args.test,
                           aerial_size=args.aerial_size, pano_size=args.pano_size, workers=args.workers,
                           heading_noise_deg=args.heading_noise, near_fraction=args.near_fraction,
+                          vfov_deg=args.vfov,
                           contact_sheet=not args.no_sheet)
     summary["seconds"] = round(time.time() - t0, 2)
     if args.json:

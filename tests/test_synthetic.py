@@ -284,3 +284,30 @@ def test_cli_writes_and_reports(tmp_path, capsys):
         synth.main(["--out", str(tmp_path / "z")])
     with pytest.raises(SystemExit):
         synth.main(["--layout", "cvusa", "--out", str(tmp_path / "z"), "--pano-size", "wide"])
+
+
+def test_tree_shadow_is_cast_by_the_canopy_not_a_column():
+    """Canopy between 6 and 8 m, sun due south at 45 degrees: the ground just north of the crown is lit
+    (the sun ray passes under the crown), the ground 7 m north is in shadow, the south side is lit."""
+    style = dataclasses.replace(W.draw_style(1), theta=0.0)
+    scene = W.Scene.empty()
+    scene.trees = np.array([[0.0, 0.0, 2.0, 6.0, 8.0]])
+    scene.tree_rgb = np.array([[0.1, 0.5, 0.1]])
+    R = Rd.rasterize(scene, style, 0.0, 0.0, 128, 0.25, 0)
+    shadow = Rd.shadow_map(R, Rd.sun_vector(0.0, 180.0, 45.0))
+
+    def at(u, v):
+        i, j = R.index(np.array(u), np.array(v))
+        return bool(shadow[i, j])
+
+    assert not at(0.0, 2.75) and at(0.0, 7.0) and not at(0.0, -3.0) and not at(3.0, 7.0)
+
+
+def test_heading_noise_turns_only_the_panorama():
+    from common.synthetic.layouts import render_pair
+
+    city = W.City(8)
+    uv = city.sample_locations(1)[0]
+    a0, g0, _, _ = render_pair(city, uv, 0, 64, (16, 88), 65.0)
+    a1, g1, _, _ = render_pair(city, uv, 0, 64, (16, 88), 65.0, heading_noise_deg=30.0)
+    assert np.array_equal(a0, a1) and not np.array_equal(g0, g1)

@@ -72,7 +72,8 @@ def render_pair(city: City, uv, pair_key: int, aerial_size: int, pano_size, vfov
     ph, pw = pano_size
     pano = Rd.render_panorama(R, scene, style, ph, pw, vfov_deg, g_sun, rng, cars=int(rng.integers(1, 7)))
     if heading_noise_deg:
-        shift = int(round(rng.normal(0, heading_noise_deg) * pw / 360.0))
+        # own random stream: the heading error leaves everything else of the pair unchanged
+        shift = int(round(_rng(city.seed, 0x4EAD, pair_key).normal(0, heading_noise_deg) * pw / 360.0))
         pano = np.roll(pano, shift, axis=1)
     aerial = Rd.nuisance(aerial, rng)
     pano = Rd.nuisance(pano, rng)

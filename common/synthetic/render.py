@@ -141,19 +141,22 @@ def rasterize(scene: W.Scene, style: W.Style, u0: float, v0: float, n: int, res:
                 sgn = np.sign(uu - (a + b) / 2) + np.zeros_like(vv)
                 roof_tilt[i0:i1, j0:j1, 0] = 0.5 * sgn
     canopy = np.zeros((n, n), np.float32)
+    canopy_bottom = np.zeros((n, n), np.float32)
     tree = np.full((n, n), -1, np.int32)
     tu_, tv_, tr_ = scene.trees[:, 0], scene.trees[:, 1], scene.trees[:, 2]
     tboxes = R.boxes(np.stack([tu_ - tr_, tu_ + tr_, tv_ - tr_, tv_ + tr_], 1))
-    for k, (tu, tv, rad, _bot, top) in enumerate(scene.trees):
+    for k, (tu, tv, rad, bot, top) in enumerate(scene.trees):
         j0, j1, i0, i1 = tboxes[k]
         if j1 <= j0 or i1 <= i0:
             continue
         inside = ((R.u[None, j0:j1] - tu) ** 2 + (R.v[i0:i1, None] - tv) ** 2) <= rad * rad
         inside &= top > height[i0:i1, j0:j1]
         canopy[i0:i1, j0:j1][inside] = top
+        canopy_bottom[i0:i1, j0:j1][inside] = bot
         tree[i0:i1, j0:j1][inside] = k
     R.height, R.bid, R.face, R.mat, R.albedo = height, bid, face, mat, albedo
     R.roof_tilt, R.canopy, R.tree, R.noise = roof_tilt, canopy, tree, noise
+    R.canopy_bottom = canopy_bottom
     return R
 
 
@@ -167,9 +170,10 @@ def sun_vector(theta: float, azimuth_deg: float, elevation_deg: float):
 def shadow_map(R: Raster, sun, max_steps: int = 24) -> np.ndarray:
     """Boolean n x n: cells hidden from the sun by taller buildings or canopies.
 
-    Height-field shadow marching on a 2x max-pooled height map (shadows are soft-edged at a cell anyway):
-    a cell is shadowed when the height field, stepped towards the sun by d, rises above its own height by
-    more than d tan(elevation).
+    Height-field shadow marching on a 2x pooled map (shadows are soft-edged at a cell anyway): a cell is
+    shadowed when, stepped towards the sun by d, the ray (at its own height + d tan(elevation)) passes
+    through an occluder: below a building's top, or between a canopy's bottom and top (so a tree casts
+    an offset round shadow, not one of a solid column).
     """
     n = R.n
     hs = np.maximum(R.height, R.canopy)
@@ -178,6 +182,10 @@ def shadow_map(R: Raster, sun, max_steps: int = 24) -> np.ndarray:
         return np.zeros((n, n), bool)
     m = n // 2
     hs2 = hs[:2 * m, :2 * m].reshape(m, 2, m, 2).max(axis=(1, 3))
+    # occluder bottoms: canopy bottom, 0 under roofs, "none" (high) on open ground, so that the min-pool
+    # of a 2x2 block that mixes canopy and open ground keeps the canopy's bottom
+    hb = np.where(R.canopy > R.height, R.canopy_bottom, np.where(R.height > 0, 0.0, 1e3)).astype(np.float32)
+    hb2 = hb[:2 * m, :2 * m].reshape(m, 2, m, 2).min(axis=(1, 3))
     res = 2 * R.res
     tan_e = sun[2] / max(1e-6, math.hypot(sun[0], sun[1]))
     reach = top / max(tan_e, 0.05)
@@ -186,14 +194,18 @@ def shadow_map(R: Raster, sun, max_steps: int = 24) -> np.ndarray:
     pad = int(math.ceil((reach + 2 * step) / res)) + 2
     padded = np.zeros((m + 2 * pad, m + 2 * pad), np.float32)
     padded[pad:pad + m, pad:pad + m] = hs2
+    padded_b = np.zeros_like(padded)
+    padded_b[pad:pad + m, pad:pad + m] = hb2
     shadow = np.zeros((m, m), bool)
     thresh = hs2 + np.float32(0.05)
     d = step
     while d <= reach + step:
         di = int(round(d * dirn[0] / res))
         dj = int(round(d * dirn[1] / res))
+        ray = thresh + np.float32(d * tan_e)
         win = padded[pad + di:pad + di + m, pad + dj:pad + dj + m]
-        shadow |= win > thresh + np.float32(d * tan_e)
+        win_b = padded_b[pad + di:pad + di + m, pad + dj:pad + dj + m]
+        shadow |= (win > ray) & (win_b < ray)
         d += step
     full = np.zeros((n, n), bool)
     full[:2 * m, :2 * m] = shadow.repeat(2, 0).repeat(2, 1)
