@@ -207,8 +207,7 @@ def build_model(model_cfg: dict, input_spec) -> GeoDTR:
     unknown = sorted(set(cfg) - set(MODEL_KEYS))
     if unknown:
         raise CVGLError(f"GeoDTR model config: unknown key(s) {unknown}; known: {list(MODEL_KEYS) + ['backbone_weights']}")
-    spec = input_spec if isinstance(input_spec, str) else input_spec
-    model = GeoDTR(input_spec=spec, **cfg)
+    model = GeoDTR(input_spec=input_spec, **cfg)
     model.build()
     if weights is None:
         msg = ("GeoDTR: no ResNet-34 ImageNet weights given (model.backbone_weights); both backbones are RANDOMLY "

@@ -131,15 +131,15 @@ def test_mixed_precision_close_to_float32(tiny, policy):
         mp.build()
         mp.set_weights(tiny.get_weights())
         got = mp(x, training=False)
-        train = mp(x, training=True)
-        loss = float(mp.family_loss(train))
+        if policy == "mixed_float16":  # the training forward (batch-statistics BN, CF branch) and the loss
+            loss = float(mp.family_loss(mp(x, training=True)))
+            assert np.isfinite(loss)
     finally:
         keras.config.set_dtype_policy(old)
     for k in want:
         g = np.asarray(got[k])
         assert g.dtype == np.float32 and np.isfinite(g).all()
         assert np.abs(g - want[k]).max() < 1e-2, (k, np.abs(g - want[k]).max())
-    assert np.isfinite(loss)
 
 
 def test_fit_step_with_the_real_class():
@@ -169,9 +169,11 @@ def test_build_model_config_keys_and_backbone_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("CVGL_RESNET34_WEIGHTS", str(tmp_path / "nope.keras"))
     with pytest.raises(CVGLError, match="nope.keras"):
         build_model({"backbone_weights": "imagenet"}, TINY)
+    monkeypatch.setattr(GeoDTR, "build", lambda self, *a, **k: None)  # the warning needs no weights
     with pytest.warns(UserWarning, match="RANDOMLY"):  # never a silent random start
         m = build_model(dict(TINY_CFG), TINY)
     assert isinstance(m, GeoDTR)
+    monkeypatch.undo()
     # torchvision weights given: they land in both backbones, and no warning
     sd = ref.random_resnet34(np.random.default_rng(9))
     path = tmp_path / "r34.npz"
