@@ -100,15 +100,20 @@ class BasicBlock(layers.Layer):
 class ResNet34(layers.Layer):
     """(B, H, W, 3) image -> (B, ⌈H/16⌉, ⌈W/16⌉, 512) feature map (GeoDTR's backbone, no max-pool)."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, widths=None, **kwargs):
         super().__init__(**kwargs)
+        # widths: channels of conv1/layer1 ... layer4; default torchvision's (64, 128, 256, 512). Smaller widths
+        # exist for CPU demos and tests only (ImageNet weights load into the default widths alone).
+        self.widths = tuple(int(w) for w in (widths or [s[1] for s in STAGES]))
+        if len(self.widths) != len(STAGES):
+            raise ValueError(f"ResNet34 widths must have {len(STAGES)} entries, got {self.widths}")
         self.stem_pad = layers.ZeroPadding2D(3, name="pad_conv1")
-        self.conv1 = _conv(64, 7, 2, "conv1")
+        self.conv1 = _conv(self.widths[0], 7, 2, "conv1")
         self.bn1 = _bn("bn1")
         self.blocks = []  # flat list, torchvision order: layer1.0 ... layer4.2
         self.block_names = []
-        in_ch = 64
-        for stage, filters, blocks, stride in STAGES:
+        in_ch = self.widths[0]
+        for (stage, _, blocks, stride), filters in zip(STAGES, self.widths):
             for i in range(blocks):
                 s = stride if i == 0 else 1
                 self.blocks.append(BasicBlock(filters, s, downsample=(s != 1 or in_ch != filters),
@@ -137,7 +142,12 @@ class ResNet34(layers.Layer):
         for _ in range(4):  # conv1 + three stride-2 stages
             h = None if h is None else (h - 1) // 2 + 1
             w = None if w is None else (w - 1) // 2 + 1
-        return (b, h, w, 512)
+        return (b, h, w, self.widths[-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(widths=list(self.widths))
+        return config
 
     def torch_layers(self, prefix="") -> dict:
         """{torchvision state-dict prefix: Keras Conv2D / BatchNormalization}, e.g. ``layer2.0.downsample.0``."""
