@@ -67,8 +67,10 @@ def test_whole_model_matches_numpy_reference_raw_from_dataparallel_keys():
 
     mapping, optional = geodtr_weights(model)
     with pytest.raises(CVGLError, match=r"ge_sat.w1 has shape \(12, 2, 6\), the model needs \(4, 2, 2\)"):
-        assign_state_dict(mapping, ref.random_official_geodtr(rng, n_sat=12, n_grd=12, k=2, layers=2, ffn=16),
-                          optional)
+        polar_sd = dict(sd)
+        polar_sd.update({f"ge_sat.{k}": ref.random_tensor(rng, k, shape)
+                         for k, shape in ref.gle_shapes(12, 2, 2, 16).items()})
+        assign_state_dict(mapping, polar_sd, optional)
 
 
 def ref_keys_stripped(sd):
