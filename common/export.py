@@ -65,7 +65,7 @@ def saved_model_variables(loaded) -> list:
 
 
 def probe_images(spec, seed: int = 0):
-    """Deterministic uint8 probe batches: a CVUSA-sized ground pair, a CVACT-sized one, two aerial sizes."""
+    """Deterministic uint8 probe batches: CVUSA-sized and full-sphere ground panoramas, three aerial sizes."""
     rng = np.random.default_rng(seed)
     return {
         "ground": [
@@ -75,6 +75,7 @@ def probe_images(spec, seed: int = 0):
         "aerial": [
             rng.integers(0, 256, (2, 256, 256, 3), dtype=np.uint8),
             rng.integers(0, 256, (1, 300, 320, 3), dtype=np.uint8),
+            rng.integers(0, 256, (1, 750, 750, 3), dtype=np.uint8),
         ],
     }
 

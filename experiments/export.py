@@ -143,7 +143,7 @@ def model_card(meta: dict, cfg: dict, results) -> str:
         resize = f"area resize to {s}x{s}, " if s else "at its own size (no resize), "
         lines.append(
             f"- aerial: centre square, {resize}SAFA polar transform to "
-            f"{spec['aerial_size'][0]}x{spec['aerial_size'][1]} (north = centre column), rounded to integers"
+            f"{spec['aerial_size'][0]}x{spec['aerial_size'][1]} (north = centre column)"
         )
     else:
         lines.append(f"- aerial: centre square, area resize to {spec['aerial_size'][0]}x{spec['aerial_size'][1]}")

@@ -66,8 +66,8 @@ def test_aerial_polar_as_is_matches_the_reference_transform(side):
         np.testing.assert_allclose(got[b], polar_transform(aerial[b], 28, 154), atol=1e-3)  # float64 formula
         prepared = polar_transform_fast(aerial[b], 28, 154).astype(np.float32)  # what prepare stores (rounded)
         diff = np.abs(layer[b] - normalise(prepared, TINY_SAFA))
-        assert diff.max() <= 1.0 + 1e-3  # at most one grey level (OpenCV's fixed-point bilinear weights)
-        assert diff.mean() < 0.01
+        assert diff.max() <= 0.6  # the rounding of the stored maps (+ OpenCV fixed-point weights)
+        assert diff.mean() < 0.3
 
 
 def test_aerial_polar_with_source_size_resizes_first():
@@ -76,8 +76,8 @@ def test_aerial_polar_with_source_size_resizes_first():
     aerial = rng.integers(0, 256, (1, 2 * S, 2 * S, 3), dtype=np.uint8)
     got = np.asarray(AerialPreprocess(spec, source_size=S)(aerial))[0]
     small = cv2.resize(aerial[0].astype(np.float32), (S, S), interpolation=cv2.INTER_AREA)
-    ref = normalise(np.round(polar_transform(small, 28, 154)), spec)
-    assert np.max(np.abs(got - ref)) <= 1.0 + 1e-3 and np.mean(np.abs(got - ref)) < 0.01
+    ref = normalise(polar_transform(small, 28, 154), spec)
+    assert np.max(np.abs(got - ref)) < 1e-3
     # a non-square input is centre-cropped first; the result equals the crop's
     wide = np.concatenate([rng.integers(0, 256, (1, 2 * S, 8, 3), dtype=np.uint8), aerial,
                            rng.integers(0, 256, (1, 2 * S, 8, 3), dtype=np.uint8)], axis=2)
