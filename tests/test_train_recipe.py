@@ -4,7 +4,6 @@ optimizer factory (AdamW global_clipnorm / Adam constant), mixed-precision polic
 import math
 
 import keras
-import numpy as np
 import pytest
 
 from common.errors import CVGLError

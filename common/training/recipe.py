@@ -101,7 +101,7 @@ def flatten(cfg, prefix="") -> list:
 
 def format_recipe(cfg: dict, marked: dict) -> str:
     """The recipe table printed at the start of a run; overridden keys carry ``<- override`` / ``<- flag``."""
-    rows = [(k, v) for k, v in flatten(cfg) if not k.startswith(("expected", "command", "source"))]
+    rows = [(k, v) for k, v in flatten(cfg) if not k.startswith(("expected", "command", "source", "note"))]
     width = max(len(k) for k, _ in rows) + 2
     lines = [f"recipe: {cfg.get('name', '?')}"]
     for key, value in rows:

@@ -32,6 +32,7 @@ import keras
 import numpy as np
 import yaml
 
+from common.data.specs import get_spec
 from common.errors import CVGLError
 from common.training import callbacks as cb
 from common.training.distribute import is_chief, make_strategy
@@ -62,20 +63,24 @@ class TrainData:
 
 
 def records_data(cfg: dict, root: str, spec, seed: int = 0, val_split: str = "val",
-                 embed_batch_size: int = 32) -> TrainData:
-    """:class:`TrainData` from a dataset folder in the CVUSA / CVACT layout (the project readers/pipeline)."""
+                 embed_batch_size: int = 32, val_root: str | None = None) -> TrainData:
+    """:class:`TrainData` from a dataset folder in the CVUSA / CVACT layout (the project readers/pipeline).
+
+    ``val_root``: validate on that folder's ``val_split`` instead (e.g. another synthetic city)."""
     from common.data.pipeline import make_dataset
     from common.data.readers import read_split
     from common.data.records import positions_array
 
     dataset = cfg["dataset"]
     train_records = read_split(dataset, root, "train")
-    val_records = read_split(dataset, root, val_split) if val_split else []
+    val_records = read_split(dataset, val_root or root, val_split) if val_split else []
     with_positions = dataset == "cvact" and positions_array(train_records) is not None
     train_cfg = cfg["train"]
 
+    augment = augment_argument(cfg.get("augment"))
+
     def train_dataset(batch_size, seed_):
-        return make_dataset(train_records, spec, batch_size, training=True, augment=cfg.get("augment"),
+        return make_dataset(train_records, spec, batch_size, training=True, augment=augment,
                             seed=seed_, drop_remainder=bool(train_cfg.get("drop_remainder", False)),
                             with_positions=with_positions)
 
@@ -89,12 +94,72 @@ def records_data(cfg: dict, root: str, spec, seed: int = 0, val_split: str = "va
         def embed_val(model):
             from common.embedding import embed_records
 
-            return embed_records(model, val_records, spec, embed_batch_size)
+            return embed_records(model, val_records, spec, embed_batch_size, progress=False)
 
-    note = f"{dataset} {val_split} ({len(val_records)} pairs)"
-    if dataset == "cvusa" and val_split == "val":
+    note = f"{dataset} {val_split} ({len(val_records)} pairs){f' of {val_root}' if val_root else ''}"
+    if dataset == "cvusa" and val_split == "val" and not val_root:
         note += "; CVUSA has no separate val split: this is the test split, as in the papers"
     return TrainData(train_dataset, len(train_records), example, embed_val, note, len(val_records))
+
+
+def augment_argument(augment):
+    """The config's ``augment: {layout_simulation: .., semantic: ..}`` as the pipeline's ``{layout, semantic}``."""
+    if isinstance(augment, dict):
+        unknown = set(augment) - {"layout_simulation", "layout", "semantic"}
+        if unknown:
+            raise CVGLError(f"config augment has unknown keys {sorted(unknown)}; use layout_simulation and semantic "
+                            "(each none, weak or strong)")
+        return {"layout": augment.get("layout_simulation", augment.get("layout", "none")),
+                "semantic": augment.get("semantic", "none")}
+    return augment
+
+
+def azimuth_roll(ds, seed: int = 0):
+    """Roll each training pair's panorama and polar aerial by the same random azimuth (any angle).
+
+    ``train.azimuth_roll: true`` (off in every paper config). Layout simulation turns by multiples of 90
+    degrees only, as the papers do; a synthetic city has a single street-grid orientation, so a model trained
+    on one city would otherwise see streets at the same azimuths (mod 90) only. Both views are in the same
+    azimuth coordinates (north at the centre column, clockwise), so a common circular shift of the columns is
+    a consistent rotation of the scene. Polar aerials only.
+    """
+    import tensorflow as tf
+
+    gen = tf.random.Generator.from_seed(seed + 7919)
+
+    def roll(batch):
+        batch = dict(batch)
+        b = tf.shape(batch["ground"])[0]
+        frac = gen.uniform([b, 1])
+        for key in ("ground", "aerial"):
+            w = tf.shape(batch[key])[2]
+            shift = tf.cast(tf.round(frac * tf.cast(w, tf.float32)), tf.int32)
+            idx = tf.math.floormod(tf.range(w)[None, :] - shift, w)
+            batch[key] = tf.gather(batch[key], idx, axis=2, batch_dims=1)
+        return batch
+
+    return ds.map(roll)
+
+
+def colour_shuffle(ds, seed: int = 0):
+    """Per view and per sample: a random permutation of the colour channels and random channel gains in
+    [0.6, 1.4] (``train.colour_shuffle: true``; off in every paper config). Two synthetic cities differ in
+    palette; this makes a model trained on one city rely on layout rather than on its colours."""
+    import tensorflow as tf
+
+    gen = tf.random.Generator.from_seed(seed + 104729)
+
+    def shuffle(batch):
+        batch = dict(batch)
+        for key in ("ground", "aerial"):
+            x = batch[key]
+            b = tf.shape(x)[0]
+            perm = tf.argsort(gen.uniform([b, 3]), axis=-1)
+            x = tf.gather(x, perm, axis=3, batch_dims=1)
+            batch[key] = x * gen.uniform([b, 1, 1, 3], 0.6, 1.4)
+        return batch
+
+    return ds.map(shuffle)
 
 
 def _inject_nan(ds, step: int):
@@ -165,7 +230,14 @@ def run_training(cfg: dict, out: str, data: TrainData, *, strategy: str = "auto"
         steps = int(steps_per_epoch)
     if steps < 1:
         raise CVGLError(f"{data.n_train} training pairs give no batch of {batch_size}; lower --batch-size")
-    ds = data.train_dataset(batch_size, seed).repeat()
+    ds = data.train_dataset(batch_size, seed)
+    if train_cfg.get("azimuth_roll"):
+        if not get_spec(cfg["input_spec"]).polar:
+            raise CVGLError("train.azimuth_roll needs a polar aerial input (input_spec.polar: true)")
+        ds = azimuth_roll(ds, seed)
+    if train_cfg.get("colour_shuffle"):
+        ds = colour_shuffle(ds, seed)
+    ds = ds.repeat()
     nan_at = os.environ.get(NAN_ENV)
     if nan_at:
         ds = _inject_nan(ds, int(nan_at))

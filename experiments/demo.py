@@ -1,0 +1,358 @@
+"""The demo: two synthetic cities, GeoDTR and MGTL trained on city A, evaluated on the unseen city B beside the
+raw-pixel baseline and chance, exported, one query localised, pictures written.
+
+    python -m experiments.demo [--out demo_out]
+
+What it does (a few minutes on a 2-core CPU; ``--quick`` for a smoke run):
+
+1. writes city A (training + a small validation split for model selection) and city B (evaluation only) with
+   :func:`common.synthetic.write_world` in the CVUSA layout, aerial 128 px, panorama 32x176;
+2. measures the raw-pixel baseline on city B (:func:`common.synthetic.baseline.raw_pixel_baseline`);
+3. trains GeoDTR (``geodtr_cvusa_polar_ls``) and MGTL (``mgtl_cvusa_full``) -- the real model classes, built
+   from the paper-row configs -- through :func:`common.training.runner.run_training` with the demo overrides
+   below (printed as ``<- override`` in each recipe);
+4. evaluates each best checkpoint on city B (index protocol: R@1, R@5, R@10, R@1%);
+5. exports it (``experiments.export``), builds an index of city B's aerials (``experiments.index build``)
+   and localises one held-out query (``experiments.localize``);
+6. writes pictures: recall curves, a retrieval grid, GeoDTR layout descriptors, MGTL attention maps.
+
+Layout of ``--out``: ``data/city_a``, ``data/city_b``, ``runs/<model>/`` (training runs + pictures),
+``exports/<model>/``, ``demo_results.json`` (a list, one object per model: ``model``, ``R@1``, ``R@5``,
+``R@10``, ``R@1%`` on city B, and the baseline's four under ``baseline``), ``recall_curves.png``.
+
+Differences from the paper configs (all of them; CPU-sized and from scratch, since ImageNet weights cannot be
+downloaded here): input 32x128 for both views (paper 122x671 / 112x616), narrow backbones (GeoDTR ResNet-34
+widths 16-32-64-64, paper 64-128-256-512; MGTL VGG16 widths 8-16-32-64-64, paper 64-...-512), smaller heads
+(GeoDTR FFN 256; MGTL 2 steps, token width 64, 4 heads, MLP/generator 128), random initialisation (paper:
+ImageNet), a few epochs at a higher learning rate (GeoDTR AdamW 1e-3, its cosine over the demo epochs without
+the 5 warm-up epochs; MGTL Adam 1e-3 constant, with the LS + SA augmentation GeoDTR uses), batch 32 with
+the last partial batch dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from common.errors import CVGLError, run_cli
+
+MODELS = {
+    "geodtr": {
+        "config": "geodtr_cvusa_polar_ls",
+        "overrides": {
+            "model.backbone_widths": [16, 32, 64, 64],
+            "model.ffn_dim": 256,
+            "model.backbone_weights": "random",
+            "train.optimizer.learning_rate": 1.0e-3,
+            "train.schedule.warmup_epochs": 0,
+        },
+    },
+    "mgtl": {
+        "config": "mgtl_cvusa_full",
+        "overrides": {
+            "model.vgg_widths": [8, 16, 32, 64, 64],
+            "model.steps": 2,
+            "model.dim": 64,
+            "model.heads": 4,
+            "model.mlp_dim": 128,
+            "model.generator_dim": 128,
+            "model.backbone_weights": None,
+            "train.optimizer.learning_rate": 1.0e-3,
+            "augment": {"layout_simulation": "strong", "semantic": "strong"},
+        },
+    },
+}
+COMMON = {
+    "input_spec.ground_size": [32, 128],
+    "input_spec.aerial_size": [32, 128],
+    "train.batch_size": 32,
+    "train.drop_remainder": True,
+}
+SEED_A, SEED_B = 11, 22
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m experiments.demo", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="demo_out", help="output folder (default demo_out); rerunning resumes")
+    p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["geodtr", "mgtl"],
+                   help="which models to train (default both)")
+    p.add_argument("--train", type=int, default=1000, help="training pairs of city A (default 1000)")
+    p.add_argument("--val-a", type=int, default=100, help="validation pairs of city A, for model selection")
+    p.add_argument("--val-b", type=int, default=500, help="evaluation pairs of the unseen city B (default 500)")
+    p.add_argument("--epochs", type=int, default=5, help="training epochs per model (default 5)")
+    p.add_argument("--workers", type=int, default=2, help="processes writing the synthetic cities")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 64 + 16 pairs in A, 100 in B, 1 epoch (numbers meaningless)")
+    p.add_argument("--skip-export", action="store_true", help="do not export / localise")
+    return p
+
+
+def _say(msg):
+    print(msg, flush=True)
+
+
+def write_cities(out, n_train, n_val_a, n_val_b, workers):
+    from common.synthetic import write_world
+
+    roots = {}
+    for name, seed, n_tr, n_va in (("city_a", SEED_A, n_train, n_val_a), ("city_b", SEED_B, 0, n_val_b)):
+        root = os.path.join(out, "data", name)
+        t = time.time()
+        info = write_world("cvusa", root, seed, n_tr, n_va, aerial_size=128, pano_size=(32, 176),
+                           workers=workers, near_fraction=0.0, progress=True)
+        _say(f"{name} (seed {seed}): {n_tr} train + {n_va} val pairs, street grid at "
+             f"{info.get('city_rotation_deg', float('nan')):.0f} deg  [{time.time() - t:.0f} s]")
+        roots[name] = root
+    return roots
+
+
+def demo_config(model_name, epochs):
+    from common.config import load_config
+    from common.training import recipe
+
+    spec = MODELS[model_name]
+    cfg = load_config(spec["config"])
+    overrides = dict(COMMON)
+    overrides.update(spec["overrides"])
+    overrides["train.epochs"] = epochs
+    return recipe.resolve(cfg, list(overrides.items()))
+
+
+def evaluate_on(model, records, spec, batch_size=64):
+    from common.embedding import embed_records
+    from common.retrieval import recall_at_k
+
+    g, a = embed_records(model, records, spec, batch_size, progress=False)
+    return recall_at_k(g, a, ks=(1, 5, 10), return_ranks=True), g, a
+
+
+def _load_best(run_dir):
+    import keras
+
+    import geodtr_tf  # noqa: F401  (registers the classes)
+    import mgtl_tf  # noqa: F401
+
+    return keras.saving.load_model(os.path.join(run_dir, "checkpoints", "best.keras"), compile=False)
+
+
+def recall_figure(curves: dict, baseline_curve, chance_curve, out_png, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, curve in curves.items():
+        k = np.arange(1, len(curve) + 1)
+        ax.plot(k, curve, label=name, lw=2)
+    k = np.arange(1, len(baseline_curve) + 1)
+    ax.plot(k, baseline_curve, "--", color="grey", label="raw-pixel baseline")
+    ax.plot(k, chance_curve, ":", color="black", label="chance")
+    ax.set_xlabel("K (top-K aerial candidates)")
+    ax.set_ylabel("recall@K on city B (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def retrieval_grid(records, g, a, out_png, title, n_queries=5, top=5):
+    """Rows: a ground query of city B, then its top-``top`` aerial images (green frame = the true match)."""
+    import cv2
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sims = g[:n_queries] @ a.T
+    fig, axes = plt.subplots(n_queries, top + 1, figsize=(2.0 * (top + 3), 1.6 * n_queries),
+                             gridspec_kw={"width_ratios": [3] + [1] * top})
+    for i in range(n_queries):
+        order = np.argsort(-sims[i])[:top]
+        pano = cv2.cvtColor(cv2.imread(records[i].ground), cv2.COLOR_BGR2RGB)
+        axes[i, 0].imshow(pano)
+        axes[i, 0].set_title(f"query {records[i].id}", fontsize=7)
+        for j, idx in enumerate(order):
+            ax = axes[i, j + 1]
+            ax.imshow(cv2.cvtColor(cv2.imread(records[idx].aerial), cv2.COLOR_BGR2RGB))
+            hit = idx == i
+            for side in ax.spines.values():
+                side.set_edgecolor("limegreen" if hit else "white")
+                side.set_linewidth(4 if hit else 0.5)
+            ax.set_title(f"#{j + 1}{' true' if hit else ''}", fontsize=7)
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def model_pictures(name, model, record, run_dir):
+    out = os.path.join(run_dir, f"{name}_{'layout_descriptors' if name == 'geodtr' else 'attention'}.png")
+    try:
+        if name == "geodtr":
+            from geodtr_tf.visualize import show_descriptors
+
+            show_descriptors(model, record.ground, record.aerial, out, title=f"GeoDTR layout descriptors, {record.id}")
+        else:
+            from mgtl_tf.visualize import show_attention
+
+            show_attention(model, record.ground, record.aerial, out, title=f"MGTL attention, {record.id}")
+        return out
+    except Exception as exc:  # a picture must not sink the demo; say so
+        _say(f"  ({name} picture not written: {type(exc).__name__}: {exc})")
+        return None
+
+
+def export_and_localise(run_dir, export_dir, root_b, query, work):
+    """experiments.export -> experiments.index build -> experiments.localize; returns a summary dict."""
+    try:
+        from experiments import export as export_cmd
+        from experiments import index as index_cmd
+        from experiments import localize as localize_cmd
+    except ImportError as exc:
+        return {"status": f"pending (export / localise commands not available: {exc})"}
+    if os.path.isdir(export_dir):
+        shutil.rmtree(export_dir)
+    export_cmd.main(["--run", run_dir, "--out", export_dir])
+    index = os.path.join(work, "city_b_index.npz")
+    if os.path.exists(index):
+        os.remove(index)
+    index_cmd.main(["build", "--export", export_dir, "--dataset", "cvusa", "--root", root_b, "--split", "val",
+                    "--out", index])
+    loc_dir = os.path.join(work, "localize")
+    localize_cmd.main(["--export", export_dir, "--index", index, "--query", query.ground, "--top-k", "5",
+                       "--out", loc_dir])
+    found = [os.path.join(loc_dir, f) for f in sorted(os.listdir(loc_dir)) if f.endswith(".json")]
+    result = {"status": "done", "export": export_dir, "index": index, "query": query.ground}
+    if found:
+        with open(found[-1]) as fh:
+            result["localize"] = json.load(fh)
+    return result
+
+
+def _fmt(v):
+    return "    -" if v is None else f"{v:5.1f}"
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.quick:
+        args.train, args.val_a, args.val_b, args.epochs = 64, 16, 100, 1
+    if args.train < 32 or args.val_a < 2 or args.val_b < 2 or args.epochs < 1:
+        raise CVGLError("--train must be >= 32 (one batch), --val-a/--val-b >= 2 and --epochs >= 1")
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    t_start = time.time()
+
+    from common.data.readers import read_split
+    from common.data.specs import get_spec
+    from common.synthetic.baseline import raw_pixel_baseline
+    from common.training import recipe
+    from common.training.runner import records_data, run_training
+
+    _say("== 1. two synthetic cities (CVUSA layout) ==")
+    roots = write_cities(out, args.train, args.val_a, args.val_b, args.workers)
+    records_b = read_split("cvusa", roots["city_b"], "val")
+
+    _say("== 2. raw-pixel baseline on city B ==")
+    base = raw_pixel_baseline(roots["city_b"], "cvusa", split="val")
+    chance = base["chance"]
+    _say(f"baseline (N={base['N']}): R@1 {base['R@1']:.2f}  R@5 {base['R@5']:.2f}  R@10 {base['R@10']:.2f}  "
+         f"R@1% {base['R@1%']}   chance R@1 {chance['R@1']:.2f}")
+    n_b = len(records_b)
+    kmax = max(10, n_b // 100)
+    chance_curve = [100.0 * k / n_b for k in range(1, kmax + 1)]
+    baseline_curve = _baseline_curve(roots["city_b"], kmax)
+
+    results, curves = [], {}
+    for name in args.models:
+        _say(f"== 3. train {name} on city A ==")
+        cfg, marked = demo_config(name, args.epochs)
+        _say(recipe.format_recipe(cfg, marked))
+        spec = get_spec(cfg["input_spec"])
+        run_dir = os.path.join(out, "runs", name)
+        data = records_data(cfg, roots["city_a"], spec, seed=0, val_split="val", embed_batch_size=64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            train_res = run_training(cfg, run_dir, data, strategy="auto", seed=0, verbose=2)
+
+        _say(f"== 4. evaluate {name} on the unseen city B ==")
+        model = _load_best(run_dir)
+        metrics, g, a = evaluate_on(model, records_b, spec)
+        curves[name] = metrics["curve"][:kmax]
+        entry = {"model": name, "config": cfg["name"], **{k: metrics[k] for k in ("R@1", "R@5", "R@10", "R@1%")},
+                 "N": metrics["N"], "baseline": {k: base[k] for k in ("R@1", "R@5", "R@10", "R@1%")},
+                 "chance": {k: chance[k] for k in ("R@1", "R@5", "R@10", "R@1%")},
+                 "best_epoch": train_res["best_epoch"], "train_time_s": train_res["time_s"],
+                 "city_a_val": train_res["metrics"], "differs_from_paper": sorted(marked)}
+        ratio = metrics["R@1"] / base["R@1"] if base["R@1"] else float("inf")
+        entry["R@1_over_baseline"] = round(ratio, 2)
+        _say(f"{name} on city B: R@1 {metrics['R@1']:.2f}  R@5 {metrics['R@5']:.2f}  R@10 {metrics['R@10']:.2f}  "
+             f"R@1% {metrics['R@1%']}  ({ratio:.1f}x the raw-pixel R@1)")
+
+        _say(f"== 5. pictures, export and localisation ({name}) ==")
+        pics = [recall_figure({name: curves[name]}, baseline_curve, chance_curve,
+                              os.path.join(run_dir, "recall_curve.png"), f"{name} on unseen city B"),
+                retrieval_grid(records_b, g, a, os.path.join(run_dir, "retrieval_grid.png"),
+                               f"{name}: city B queries and their top-5 aerials (green = true match)"),
+                model_pictures(name, model, records_b[0], run_dir)]
+        entry["pictures"] = [p for p in pics if p]
+        if args.skip_export:
+            entry["export"] = {"status": "skipped (--skip-export)"}
+        else:
+            try:
+                entry["export"] = export_and_localise(run_dir, os.path.join(out, "exports", name), roots["city_b"],
+                                                      records_b[min(3, n_b - 1)], run_dir)
+            except CVGLError as exc:
+                entry["export"] = {"status": f"failed: {exc}"}
+            _say(f"  export / localise: {entry['export']['status']}")
+        results.append(entry)
+        _write_results(out, results)
+
+    recall_figure(curves, baseline_curve, chance_curve, os.path.join(out, "recall_curves.png"),
+                  "unseen city B: trained models vs raw pixels")
+    _say("")
+    _say(f"unseen city B, {n_b} ground queries against {n_b} aerials (index protocol)")
+    _say(f"{'':22}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'R@1%':>7}")
+    for e in results:
+        _say(f"{e['model']:<22}" + "".join(f"{_fmt(e[k]):>7}" for k in ("R@1", "R@5", "R@10", "R@1%")))
+    _say(f"{'raw-pixel baseline':<22}" + "".join(f"{_fmt(base[k]):>7}" for k in ("R@1", "R@5", "R@10", "R@1%")))
+    _say(f"{'chance':<22}" + "".join(f"{_fmt(chance[k]):>7}" for k in ("R@1", "R@5", "R@10", "R@1%")))
+    _say(f"results: {os.path.join(out, 'demo_results.json')}   total {time.time() - t_start:.0f} s")
+    return 0
+
+
+def _baseline_curve(root_b, kmax):
+    """Recall curve of the raw-pixel baseline (same vectors as raw_pixel_baseline) for the pictures."""
+    from common.data.readers import read_split
+    from common.retrieval import recall_at_k
+    from common.synthetic.baseline import pixel_vectors
+
+    g, a = pixel_vectors(read_split("cvusa", root_b, "val"), "cvusa")
+    return recall_at_k(g, a, ks=(1, kmax))["curve"][:kmax]
+
+
+def _write_results(out, results):
+    from common.training.callbacks import atomic_write_json
+
+    atomic_write_json(os.path.join(out, "demo_results.json"), results)
+
+
+if __name__ == "__main__":
+    run_cli(main)
