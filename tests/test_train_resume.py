@@ -83,6 +83,9 @@ def test_kill_during_epoch_2_then_resume(tmp_path):
 
     done = _run(run, 3)  # a finished run is left alone
     assert done.returncode == 0 and "already complete: 3/3" in done.stdout
+    again_results = json.loads((run / "results.json").read_text())
+    assert again_results["metrics"] == results["metrics"] and again_results["epochs_done"] == 3
+    assert again_results["best_epoch"] == results["best_epoch"]
 
 
 @pytest.mark.slow

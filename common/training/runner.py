@@ -271,6 +271,8 @@ def run_training(cfg: dict, out: str, data: TrainData, *, strategy: str = "auto"
     log(f"training pairs: {data.n_train}, {steps} steps per epoch, {epochs} epochs, "
         f"schedule {schedule['name']} stepped per epoch; validation: {data.val_note if data.embed_val else 'off'}")
     if start >= epochs:
+        state.load_json(saved.get("run", {}))  # fit does not run, so the resume callback does not load it
+        resume.resumed_from = start
         log(f"already complete: {start}/{epochs} epochs in {out} (results.json is up to date)")
     elif start:
         log(f"resuming from the saved state after epoch {start}/{epochs}")
