@@ -14,14 +14,17 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	@touch $(STAMP)
 
+# Two workers: the suite is mostly TensorFlow graph building, which parallelises well across processes.
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2
 
 demo: setup
 	$(PY) -m experiments.demo --out demo_out
 
 bench: setup
 	$(PY) -m benchmarks.data_bench
+	$(PY) -m benchmarks.synth_bench --quick
+	$(PY) -m benchmarks.retrieval_bench
 
 clean:
 	rm -rf demo_out .pytest_cache
