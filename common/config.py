@@ -38,6 +38,18 @@ CONFIG_DIRS = ("geodtr_tf/configs", "mgtl_tf/configs")
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def read_yaml_mapping(path: str, fix: str) -> dict:
+    """Read a YAML file that must hold a mapping; a CVGLError naming the file and ``fix`` otherwise."""
+    try:
+        with open(path) as fh:
+            cfg = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError) as exc:
+        raise CVGLError(f"cannot read config {path} ({exc}); {fix}") from None
+    if not isinstance(cfg, dict):
+        raise CVGLError(f"config {path} is not a YAML mapping; {fix}")
+    return cfg
+
+
 def config_paths() -> list:
     """Every paper-row YAML shipped with the project."""
     out = []
@@ -58,13 +70,7 @@ def resolve_config_path(path_or_name: str) -> str:
 
 def load_config(path_or_name: str) -> dict:
     path = resolve_config_path(path_or_name)
-    try:
-        with open(path) as fh:
-            cfg = yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
-        raise CVGLError(f"config {path} is not valid YAML: {exc}") from None
-    if not isinstance(cfg, dict):
-        raise CVGLError(f"config {path} must be a mapping at the top level")
+    cfg = read_yaml_mapping(path, "fix the file (see common/config.py for the schema)")
     for key in ("name", "dataset", "input_spec", "model", "train"):
         if key not in cfg:
             raise CVGLError(f"config {path} lacks the key '{key}' (see common/config.py for the schema)")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import sys
@@ -53,27 +52,15 @@ def _register_families() -> list:
 
 def config_hash(cfg) -> str | None:
     """sha256 (first 12 hex digits) of a resolved config, key-order independent (as the training run)."""
-    if not cfg:
-        return None
-    try:
-        from common.training.recipe import config_hash as _hash
+    from common.training.recipe import config_hash as _hash
 
-        return _hash(cfg)
-    except ImportError:
-        return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return _hash(cfg) if cfg else None
 
 
 def _read_yaml(path: str) -> dict:
-    import yaml
+    from common.config import read_yaml_mapping
 
-    try:
-        with open(path) as fh:
-            cfg = yaml.safe_load(fh)
-    except (OSError, yaml.YAMLError) as exc:
-        raise CVGLError(f"cannot read config {path} ({exc}); restore it or pass --weights FILE.keras") from None
-    if not isinstance(cfg, dict):
-        raise CVGLError(f"config {path} is not a YAML mapping")
-    return cfg
+    return read_yaml_mapping(path, "restore it or pass --weights FILE.keras")
 
 
 def load_keras_model(path: str):

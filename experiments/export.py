@@ -31,14 +31,10 @@ CHECKPOINT_NAMES = ("best.keras", "last.keras")
 
 # --------------------------------------------------------------------------------------------- sources
 def _read_yaml(path: str) -> dict:
-    import yaml
+    from common.config import read_yaml_mapping
 
-    try:
-        with open(path) as fh:
-            cfg = yaml.safe_load(fh)
-    except (OSError, yaml.YAMLError) as exc:
-        raise CVGLError(f"config {path} is unreadable ({exc}); it should be the resolved config of the run") from None
-    if not isinstance(cfg, dict) or "model" not in cfg or "input_spec" not in cfg:
+    cfg = read_yaml_mapping(path, "it should be the resolved config of the run")
+    if "model" not in cfg or "input_spec" not in cfg:
         raise CVGLError(f"config {path} lacks 'model' / 'input_spec' (see common/config.py for the schema)")
     return cfg
 
