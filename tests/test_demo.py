@@ -1,0 +1,48 @@
+"""experiments.demo end to end at a reduced size (MGTL only, a small city A, a few epochs): the run-directory
+layout the issue names, demo_results.json, the pictures, the export, and the localisation of a held-out query
+through the demo's own export (its true match must be among the top 5 of city A's val aerials).
+
+The full-size demo (`make demo`, both models, about 12 minutes) is measured by hand; its figures are in the
+README. This test runs the same code path with `--train 256 --val-a 16 --val-b 50 --epochs 20 --models mgtl`.
+"""
+
+import json
+import os
+
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_reduced(tmp_path):
+    from experiments import demo
+
+    out = tmp_path / "demo"
+    args = ["--out", str(out), "--models", "mgtl", "--train", "256", "--val-a", "16", "--val-b", "50",
+            "--epochs", "20", "--workers", "1"]
+    assert demo.main(args) == 0
+
+    results = json.loads((out / "demo_results.json").read_text())
+    assert isinstance(results, list) and [e["model"] for e in results] == ["mgtl"]
+    entry = results[0]
+    for key in ("R@1", "R@5", "R@10"):
+        assert 0.0 <= entry[key] <= 100.0
+        assert 0.0 <= entry["baseline"][key] <= 100.0
+    assert entry["R@1%"] is None and entry["baseline"]["R@1%"] is None  # N = 50 < 100: no 1 % slot
+    assert entry["N"] == 50
+
+    run = out / "runs" / "mgtl"
+    for name in ("results.json", "config.yaml", "checkpoints/best.keras", "checkpoints/last.keras",
+                 "recall_curve.png", "retrieval_grid.png", "mgtl_attention.png"):
+        assert (run / name).is_file(), name
+    assert (out / "recall_curves.png").is_file()
+    export = out / "exports" / "mgtl"
+    assert (export / "model.keras").is_file() and (export / "saved_model" / "saved_model.pb").is_file()
+
+    # the held-out query (city A val pair 0, never trained on) is localised through the demo's export
+    assert entry["export"]["status"] == "done"
+    loc = entry["export"]["localize"]
+    assert loc["true_id"] is not None and loc["true_rank"] is not None
+    assert entry["localize_true_rank"] == loc["true_rank"]
+    assert loc["true_rank"] <= 5, f"true match ranked {loc['true_rank']} of 16"
+    assert any(h["true_match"] for h in loc["hits"])
+    assert any(f.endswith(".png") for f in os.listdir(run / "localize"))
