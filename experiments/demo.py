@@ -3,7 +3,7 @@ raw-pixel baseline and chance, exported, one query localised, pictures written.
 
     python -m experiments.demo [--out demo_out]
 
-What it does (about 12 minutes on a 2-core CPU, cities included; ``--quick`` for a smoke run):
+What it does (about 10 minutes on a 2-core CPU, cities included; ``--quick`` for a smoke run):
 
 1. writes city A (2,000 training pairs + 100 validation pairs for model selection) and city B (500 pairs,
    evaluation only) with :func:`common.synthetic.write_world` in the CVUSA layout, aerial 128 px, panorama
