@@ -31,6 +31,9 @@ import numpy as np
 from common.errors import CVGLError, run_cli
 
 
+MATMUL_DTYPE = {"off": "float32", "float16": "float16", "bfloat16": "bfloat16"}  # per --precision
+
+
 def matmul_rate(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
     """Best FLOP/s of an n^3 matrix product in the current Keras backend."""
     import keras
@@ -41,23 +44,24 @@ def matmul_rate(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> floa
     if keras.backend.backend() == "jax":
         import jax
 
-        f = jax.jit(lambda x, y: x @ y)
-        f(a, b).block_until_ready()
-        best = float("inf")
-        for _ in range(repeats):
-            t = time.perf_counter()
-            f(a, b).block_until_ready()
-            best = min(best, time.perf_counter() - t)
+        jitted = jax.jit(lambda x, y: x @ y)
+
+        def product():
+            jitted(a, b).block_until_ready()
     else:
         import tensorflow as tf
 
-        f = tf.function(lambda x, y: tf.matmul(x, y))
-        f(a, b).numpy()
-        best = float("inf")
-        for _ in range(repeats):
-            t = time.perf_counter()
-            f(a, b).numpy()
-            best = min(best, time.perf_counter() - t)
+        traced = tf.function(lambda x, y: tf.matmul(x, y))
+
+        def product():
+            traced(a, b).numpy()
+
+    product()  # compile / warm up
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        product()
+        best = min(best, time.perf_counter() - t)
     return 2.0 * n ** 3 / best
 
 
@@ -198,7 +202,7 @@ def main(argv=None) -> int:
     factor = args.size_factor if args.size_factor else (0 if args.quick else 1)
     gpu = _has_gpu()
     precisions = args.precisions or (["off", "float16"] if gpu else ["off", "bfloat16"])
-    rates = {p: matmul_rate({"off": "float32", "float16": "float16", "bfloat16": "bfloat16"}[p]) for p in precisions}
+    rates = {p: matmul_rate(MATMUL_DTYPE[p]) for p in precisions}
     print(f"backend {keras.backend.backend()}, {'GPU' if gpu else 'CPU'}; matmul 2048^3: "
           + ", ".join(f"{p} {r / 1e9:.1f} GFLOP/s" for p, r in rates.items()))
     seen, rows = {}, []
@@ -222,7 +226,7 @@ def main(argv=None) -> int:
                   f"{r['pairs_s']:8.2f} pairs/s  {gf:>8} GFLOP/step  {pm:>5}% of matmul", flush=True)
     # the machine is measured again at the end and the better rate kept (other load may have slowed one)
     for p in precisions:
-        rates[p] = max(rates[p], matmul_rate({"off": "float32", "float16": "float16", "bfloat16": "bfloat16"}[p]))
+        rates[p] = max(rates[p], matmul_rate(MATMUL_DTYPE[p]))
     for r in rows:
         if r["step_flops"] is not None:
             r["pct_matmul"] = 100 * r["step_flops"] / r["step_s"] / rates[r["precision"]]

@@ -156,23 +156,19 @@ def demo_config(model_name, epochs=None):
     return recipe.resolve(cfg, list(overrides.items()))
 
 
-def train_model(name, cfg, marked, roots, run_dir, epochs):
-    """Train ``name`` on city A into ``run_dir``; returns the run's results."""
+def train_model(cfg, marked, root_a, run_dir):
+    """Train the resolved demo config on city A (its val split selects the best epoch); returns the results."""
     from common.data.specs import get_spec
     from common.training import recipe
     from common.training.runner import records_data, run_training
 
-    def data_for(cfg_):
-        data = records_data(cfg_, roots["city_a"], get_spec(cfg_["input_spec"]), seed=0, val_split="val",
-                            embed_batch_size=64)
-        data.val_note = (f"city A val ({data.n_val} pairs), for model selection only; city B is never used in "
-                         "training or selection")
-        return data
-
+    data = records_data(cfg, root_a, get_spec(cfg["input_spec"]), seed=0, val_split="val", embed_batch_size=64)
+    data.val_note = (f"city A val ({data.n_val} pairs), for model selection only; city B is never used in "
+                     "training or selection")
     _say(recipe.format_recipe(cfg, marked))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return run_training(cfg, run_dir, data_for(cfg), strategy="auto", seed=0, verbose=2)
+        return run_training(cfg, run_dir, data, strategy="auto", seed=0, verbose=2)
 
 
 def evaluate_on(model, records, spec, batch_size=64):
@@ -336,7 +332,7 @@ def main(argv=None) -> int:
         cfg, marked = demo_config(name, args.epochs)
         spec = get_spec(cfg["input_spec"])
         run_dir = os.path.join(out, "runs", name)
-        train_res = train_model(name, cfg, marked, roots, run_dir, args.epochs)
+        train_res = train_model(cfg, marked, roots["city_a"], run_dir)
 
         _say(f"== 4. evaluate {name} on the unseen city B ==")
         model = _load_best(run_dir)
