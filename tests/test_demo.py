@@ -2,7 +2,7 @@
 layout the issue names, demo_results.json, the pictures, the export, and the localisation of a held-out query
 through the demo's own export (its true match must be among the top 5 of city A's val aerials).
 
-The full-size demo (`make demo`, both models, about 12 minutes) is measured by hand; its figures are in the
+The full-size demo (`make demo`, both models, about 10 minutes) is measured by hand; its figures are in the
 README. This test runs the same code path with `--train 256 --val-a 16 --val-b 50 --epochs 20 --models mgtl`.
 """
 
@@ -46,3 +46,29 @@ def test_demo_end_to_end_reduced(tmp_path):
     assert loc["true_rank"] <= 5, f"true match ranked {loc['true_rank']} of 16"
     assert any(h["true_match"] for h in loc["hits"])
     assert any(f.endswith(".png") for f in os.listdir(run / "localize"))
+
+
+@pytest.mark.parametrize("name", ["geodtr", "mgtl"])
+def test_demo_configs_build_at_demo_size(name):
+    """Each model's demo recipe resolves from its paper-row config, marks every demo override, and builds
+    the real model class at the demo input size (one forward pass of a batch of 2 gives unit descriptors)."""
+    import numpy as np
+
+    from common.config import build_model
+    from experiments import demo
+
+    cfg, marked = demo.demo_config(name)
+    assert cfg["name"] == demo.MODELS[name]["config"]
+    expected = set(demo.COMMON) | set(demo.MODELS[name]["overrides"]) | {"train.epochs"}
+    assert set(marked) == expected
+    assert cfg["train"]["epochs"] == demo.MODELS[name]["epochs"]
+    assert cfg["train"]["azimuth_roll"] is True and cfg["train"]["colour_shuffle"] is True
+    model = build_model(cfg)
+    h, w = cfg["input_spec"]["ground_size"]
+    ha, wa = cfg["input_spec"]["aerial_size"]
+    rng = np.random.default_rng(0)
+    out = model({"ground": rng.normal(size=(2, h, w, 3)).astype("float32"),
+                 "aerial": rng.normal(size=(2, ha, wa, 3)).astype("float32")}, training=False)
+    for view in ("ground", "aerial"):
+        norms = np.linalg.norm(np.asarray(out[view]), axis=-1)
+        np.testing.assert_allclose(norms, 1.0, atol=1e-4)
