@@ -266,12 +266,10 @@ def model_pictures(name, model, record, run_dir):
 def export_and_localise(run_dir, export_dir, root, query, work):
     """experiments.export -> experiments.index build (the val aerials of ``root``) -> experiments.localize of
     ``query`` (a record of that split); returns a summary dict."""
-    try:
-        from experiments import export as export_cmd
-        from experiments import index as index_cmd
-        from experiments import localize as localize_cmd
-    except ImportError as exc:
-        return {"status": f"pending (export / localise commands not available: {exc})"}
+    from experiments import export as export_cmd
+    from experiments import index as index_cmd
+    from experiments import localize as localize_cmd
+
     if os.path.isdir(export_dir):
         shutil.rmtree(export_dir)
     export_cmd.main(["--run", run_dir, "--out", export_dir])
@@ -324,7 +322,7 @@ def main(argv=None) -> int:
     n_b = len(records_b)
     kmax = max(10, n_b // 100)
     chance_curve = [100.0 * k / n_b for k in range(1, kmax + 1)]
-    baseline_curve = _baseline_curve(roots["city_b"], kmax)
+    baseline_curve = base["curve"][:kmax]
 
     results, curves = [], {}
     for name in args.models:
@@ -383,16 +381,6 @@ def main(argv=None) -> int:
     _say(f"{'chance':<22}" + "".join(f"{_fmt(chance[k]):>7}" for k in ("R@1", "R@5", "R@10", "R@1%")))
     _say(f"results: {os.path.join(out, 'demo_results.json')}   total {time.time() - t_start:.0f} s")
     return 0
-
-
-def _baseline_curve(root_b, kmax):
-    """Recall curve of the raw-pixel baseline (same vectors as raw_pixel_baseline) for the pictures."""
-    from common.data.readers import read_split
-    from common.retrieval import recall_at_k
-    from common.synthetic.baseline import pixel_vectors
-
-    g, a = pixel_vectors(read_split("cvusa", root_b, "val"), "cvusa")
-    return recall_at_k(g, a, ks=(1, kmax))["curve"][:kmax]
 
 
 def _write_results(out, results):

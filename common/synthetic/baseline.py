@@ -52,8 +52,8 @@ def pixel_vectors(records, layout: str, size=(16, 88)):
 def raw_pixel_baseline(root, layout: str, split: str = "val", size=(16, 88)) -> dict:
     """Recall (percent) of raw-pixel retrieval on one split, with the chance levels beside it.
 
-    Returns ``{"R@1", "R@5", "R@10", "R@1%", "K_1pct", "N", "chance": {same keys}, "size", "split",
-    "layout"}``.
+    Returns ``{"R@1", "R@5", "R@10", "R@1%", "K_1pct", "N", "chance": {same keys}, "curve", "size", "split",
+    "layout"}``; ``curve[K-1]`` is R@K for K = 1 .. max(10, K_1pct) (for recall plots).
     """
     from common.data.readers import read_split
     from common.retrieval import recall_at_k
@@ -69,7 +69,7 @@ def raw_pixel_baseline(root, layout: str, split: str = "val", size=(16, 88)) -> 
     chance = {f"R@{k}": 100.0 * min(k, n) / n for k in (1, 5, 10)}
     chance["R@1%"] = 100.0 * k1 / n if k1 else None
     return {"R@1": rec["R@1"], "R@5": rec["R@5"], "R@10": rec["R@10"], "R@1%": rec["R@1%"], "K_1pct": k1,
-            "N": n, "chance": chance, "size": list(size), "split": split, "layout": layout}
+            "N": n, "chance": chance, "curve": rec["curve"], "size": list(size), "split": split, "layout": layout}
 
 
 def format_baseline(result: dict) -> str:
