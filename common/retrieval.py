@@ -371,11 +371,15 @@ def _progress(total: int, desc: str, enabled: bool):
 # ranks
 # ------------------------------------------------------------------------------------------------------
 def true_match_ranks(query, reference, chunk_size: int = DEFAULT_CHUNK, backend: str = "auto",
-                     dtype: str = "float32", progress: bool = False) -> np.ndarray:
+                     dtype: str = "float32", progress: bool = False, return_ties: bool = False):
     """Index protocol ranks: ``rank_k = #{i : D[k, i] < D[k, k]}`` (strict; ties favour the query), int64 (N,).
 
     Query k's true match is reference k. One pass of square ``chunk_size`` blocks; for each query chunk the
     diagonal block is computed first and gives the true-match distances from the same GEMM.
+
+    ``return_ties``: also return ``ties_k = #{i != k : D[k, i] == D[k, k]}`` (references exactly as close as
+    the true match; the pessimistic rank, ties against the query, is ``rank + ties``). One more compare per
+    block, no second GEMM. Not available with the faiss backend (returns None there).
     """
     dtype = _check_dtype(dtype)
     q, r = _check_pair(query, reference, dtype, same_count=True)
@@ -383,30 +387,39 @@ def true_match_ranks(query, reference, chunk_size: int = DEFAULT_CHUNK, backend:
     backend = _resolve_backend(backend)
     if backend == "faiss":
         kmax = max(one_percent_k(q.shape[0]), 1)
-        return _faiss_ranks(q, r, kmax, targets=np.arange(q.shape[0]), chunk=chunk)[0]
+        ranks = _faiss_ranks(q, r, kmax, targets=np.arange(q.shape[0]), chunk=chunk)[0]
+        return (ranks, None) if return_ties else ranks
     n = q.shape[0]
     starts = list(range(0, n, chunk))
     with _blocks(backend, q, r) as ops:
         ranks = np.zeros(n, dtype=np.int64)
+        ties = np.zeros(n, dtype=np.int64)
         bar = _progress(len(starts) ** 2, "ranking", progress)
         for i, a0 in enumerate(starts):
             a1 = min(a0 + chunk, n)
             s = ops.scores(a0, a1, a0, a1)
             t = distance_from_similarity(ops.diag(s))  # true-match distances, same arithmetic as every block
             thr = _threshold(t, strict=True)
+            thr_le = _threshold(t, strict=False) if return_ties else None
             cnt = ops.count_greater(s, thr)
+            le = ops.count_greater(s, thr_le) - 1 if return_ties else None  # the true match itself is "<="
             for j, c0 in enumerate(starts):
                 if j == i:
                     continue
-                cnt += ops.count_greater(ops.scores(a0, a1, c0, min(c0 + chunk, n)), thr)
+                block = ops.scores(a0, a1, c0, min(c0 + chunk, n))
+                cnt += ops.count_greater(block, thr)
+                if return_ties:
+                    le += ops.count_greater(block, thr_le)
                 if bar is not None:
                     bar.update(1)
             ranks[a0:a1] = cnt
+            if return_ties:
+                ties[a0:a1] = le - cnt
             if bar is not None:
                 bar.update(1)
     if bar is not None:
         bar.close()
-    return ranks
+    return (ranks, ties) if return_ties else ranks
 
 
 def _pair_similarities(q: np.ndarray, r: np.ndarray, qi: np.ndarray, ri: np.ndarray, step: int = 512):
@@ -424,11 +437,14 @@ def _pair_similarities(q: np.ndarray, r: np.ndarray, qi: np.ndarray, ri: np.ndar
 
 def radius_ranks(query, reference, query_pos, reference_pos, radius_m: float = 5.0,
                  chunk_size: int = DEFAULT_CHUNK, backend: str = "auto", dtype: str = "float32",
-                 progress: bool = False, return_info: bool = False):
+                 progress: bool = False, return_info: bool = False, return_ties: bool = False):
     """Radius protocol ranks: the 0-based position, in the stable distance sort, of the first reference
     within ``radius_m`` of the query (int64 (Nq,)); ``n_reference`` (never a hit) when there is none.
 
-    With ``return_info`` also returns ``(ranks, best)`` where ``best[q]`` is that reference's index (-1: none).
+    With ``return_info`` also returns ``(ranks, best)`` where ``best[q]`` is that reference's index (-1: none);
+    with ``return_ties`` as well, ``(ranks, best, ties)`` where ``ties[q]`` counts the references outside the
+    radius exactly as close as ``j*`` that the stable sort puts *after* it (the pessimistic rank, every tie
+    against the query, is ``ranks + ties``; None with the faiss backend).
     """
     dtype = _check_dtype(dtype)
     q, r = _check_pair(query, reference, dtype, same_count=False)
@@ -460,6 +476,8 @@ def radius_ranks(query, reference, query_pos, reference_pos, radius_m: float = 5
     if backend == "faiss":
         kmax = max(one_percent_k(nr), 1)
         ranks = _faiss_radius_ranks(q, r, np.split(ri, np.searchsorted(qi, np.arange(1, nq))), kmax, chunk)
+        if return_ties:
+            return ranks, best, None
         return (ranks, best) if return_info else ranks
 
     has = best >= 0
@@ -471,6 +489,7 @@ def radius_ranks(query, reference, query_pos, reference_pos, radius_m: float = 5
 
     with _blocks(backend, q, r) as ops:
         ranks = np.zeros(nq, dtype=np.int64)
+        pess = np.zeros(nq, dtype=np.int64)  # #{j outside the radius : D_j <= D_j*}
         qstarts, rstarts = range(0, nq, chunk), list(range(0, nr, chunk))
         bar = _progress(len(qstarts) * len(rstarts), "ranking (radius)", progress)
         for a0 in qstarts:
@@ -478,6 +497,7 @@ def radius_ranks(query, reference, query_pos, reference_pos, radius_m: float = 5
             a, b, jb = a_thr[a0:a1], b_thr[a0:a1], best[a0:a1]
             pq0, pq1 = np.searchsorted(pq, [a0, a1])  # the within-radius pairs of this query chunk
             cnt = np.zeros(a1 - a0, dtype=np.int64)
+            cnt_le = np.zeros(a1 - a0, dtype=np.int64)
             for c0 in rstarts:
                 c1 = min(c0 + chunk, nr)
                 s = ops.scores(a0, a1, c0, c1)
@@ -495,7 +515,10 @@ def radius_ranks(query, reference, query_pos, reference_pos, radius_m: float = 5
                 np.subtract.at(cnt, rows_p[over], 1)
                 # equal-distance references outside the radius are rare: find the rows that have any
                 n_tie_in = np.bincount(rows_p[tie_p], minlength=a1 - a0)
-                rows = np.nonzero((ops.count_greater(s, b) - less > n_tie_in) & (jb > c0))[0]
+                le = ops.count_greater(s, b)
+                cnt_le += le
+                np.subtract.at(cnt_le, rows_p[sv > b[rows_p]], 1)
+                rows = np.nonzero((le - less > n_tie_in) & (jb > c0))[0]
                 if rows.size:
                     split = np.minimum(jb[rows] - c0, c1 - c0)
                     cnt[rows] += ops.count_ties_before(s, rows, a[rows], b[rows], split)
@@ -504,9 +527,13 @@ def radius_ranks(query, reference, query_pos, reference_pos, radius_m: float = 5
                 if bar is not None:
                     bar.update(1)
             ranks[a0:a1] = cnt
+            pess[a0:a1] = cnt_le
     if bar is not None:
         bar.close()
     ranks[~has] = nr
+    if return_ties:
+        ties = np.where(has, pess - ranks, 0)
+        return ranks, best, ties
     return (ranks, best) if return_info else ranks
 
 
@@ -633,9 +660,14 @@ def recall_at_k(query, reference, ks: Sequence[int] = (1, 5, 10), query_pos=None
     a radius selects the radius protocol (CVACT_test: 5 m) and needs both position arrays.
 
     Returns ``{"R@1", "R@5", "R@10", ..., "R@1%", "curve", "curve_k_max", "K_1pct", "N", "N_reference",
-    "protocol", "dtype", "backend"}``: ``R@K`` for every K in ``ks`` (float, percent), ``R@1%`` at
+    "protocol", "dtype", "backend", "ties", "tied_queries", "pessimistic", "descriptors", "collapsed",
+    "collapse_reasons"}``: ``R@K`` for every K in ``ks`` (float, percent), ``R@1%`` at
     K = floor(0.01 N) (None when N < 100), ``curve[K-1] = R@K`` for K = 1..``curve_k_max`` with
-    ``curve_k_max = max(K_1pct, max(ks))``; radius protocol adds ``"radius_m"`` and ``"no_positive"`` (queries
+    ``curve_k_max = max(K_1pct, max(ks))``; the collapse guard (:mod:`common.collapse`): ``ties`` (references
+    exactly as close as the true match, summed over queries), ``tied_queries``, ``pessimistic`` (the R@K
+    dict with every tie counted against the query; None with the faiss backend), ``descriptors`` (spread,
+    mean cosine, effective rank, all-zero rows of each view), ``collapsed`` and ``collapse_reasons``; radius
+    protocol adds ``"radius_m"`` and ``"no_positive"`` (queries
     with no reference within the radius). ``return_ranks`` adds the rank array under ``"ranks"``.
     """
     try:
@@ -646,26 +678,46 @@ def recall_at_k(query, reference, ks: Sequence[int] = (1, 5, 10), query_pos=None
         raise CVGLError(f"ks must be positive integers, got {ks!r}")
     resolved = _resolve_backend(backend)
     if radius_m is None:
-        ranks = true_match_ranks(query, reference, chunk_size, resolved, dtype, progress)
+        ranks, ties = true_match_ranks(query, reference, chunk_size, resolved, dtype, progress, return_ties=True)
         n_ref = ranks.shape[0]
         protocol = "index"
         extra = {}
     else:
-        ranks, best = radius_ranks(query, reference, query_pos, reference_pos, radius_m, chunk_size, resolved,
-                                   dtype, progress, return_info=True)
+        ranks, best, ties = radius_ranks(query, reference, query_pos, reference_pos, radius_m, chunk_size,
+                                         resolved, dtype, progress, return_ties=True)
         n_ref = int(np.asarray(reference).shape[0])
         protocol = f"radius_{float(radius_m):g}m"
         extra = {"radius_m": float(radius_m), "no_positive": int(np.count_nonzero(best < 0))}
     n = int(ranks.shape[0])
     k1 = one_percent_k(n)
     kmax = max(k1, max(ks))
-    hits = recall_from_ranks(ranks, kmax)
-    curve = [100.0 * int(h) / n for h in hits]
-    out = {f"R@{k}": curve[k - 1] for k in ks}
-    out["R@1%"] = curve[k1 - 1] if k1 >= 1 else None
+
+    def recalls(r):
+        curve = [100.0 * int(h) / n for h in recall_from_ranks(r, kmax)]
+        out = {f"R@{k}": curve[k - 1] for k in ks}
+        out["R@1%"] = curve[k1 - 1] if k1 >= 1 else None
+        return out, curve
+
+    out, curve = recalls(ranks)
     out.update({"curve": curve, "curve_k_max": kmax, "K_1pct": k1, "N": n, "N_reference": n_ref,
                 "protocol": protocol, "dtype": _check_dtype(dtype), "backend": resolved})
     out.update(extra)
+    out.update(_collapse_guard(out, ranks, ties, query, reference, recalls))
     if return_ranks:
         out["ranks"] = ranks
     return out
+
+
+def _collapse_guard(out, ranks, ties, query, reference, recalls) -> dict:
+    """The tie count, the pessimistic R@K and the descriptor health of a result (:mod:`common.collapse`)."""
+    from common.collapse import collapse_verdict, descriptor_stats
+
+    guard = {"ties": None, "tied_queries": None, "pessimistic": None}
+    if ties is not None:
+        guard.update(ties=int(ties.sum()), tied_queries=int(np.count_nonzero(ties)),
+                     pessimistic=recalls(ranks + ties)[0])
+    stats = {"query": descriptor_stats(query), "reference": descriptor_stats(reference)}
+    pess_r1 = guard["pessimistic"]["R@1"] if guard["pessimistic"] else None
+    reasons = collapse_verdict(out["R@1"], pess_r1, stats["query"], stats["reference"])
+    guard.update(descriptors=stats, collapsed=bool(reasons), collapse_reasons=reasons)
+    return guard

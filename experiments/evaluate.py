@@ -144,10 +144,22 @@ def format_table(result: dict) -> str:
         f"model {result['model']} | {result['dataset']} {result['split']} | N = {result['N']:,} | protocol {prot}"
         + (f" ({result['no_positive']} queries without a match in range)" if result.get("no_positive") else ""),
         "  " + "  ".join(f"{k:>6}" for k in HEADLINE) + f"   (R@1% is R@{result['K_1pct']})",
-        "  " + "  ".join(_fmt(result["metrics"][k]) for k in HEADLINE),
-        f"  embed {result['time']['embed_s']:.1f} s, retrieval {result['time']['retrieval_s']:.1f} s "
-        f"({result['backend']}, {result['dtype']})",
+        "  " + "  ".join(_fmt(result["metrics"][k]) for k in HEADLINE) + "   official (ties favour the query)",
     ]
+    guard = result.get("collapse_guard") or {}
+    if guard.get("pessimistic"):
+        lines.append("  " + "  ".join(_fmt(guard["pessimistic"][k]) for k in HEADLINE)
+                     + f"   pessimistic (ties against; {guard['ties']:,} ties in {guard['tied_queries']:,} queries)")
+    if guard.get("descriptors"):
+        q, r = guard["descriptors"]["query"], guard["descriptors"]["reference"]
+        lines.append(f"  descriptor spread {q['spread']:.3f} / {r['spread']:.3f}, effective rank "
+                     f"{q['effective_rank']:.1f} / {r['effective_rank']:.1f} (ground / aerial)")
+    lines.append(f"  embed {result['time']['embed_s']:.1f} s, retrieval {result['time']['retrieval_s']:.1f} s "
+                 f"({result['backend']}, {result['dtype']})")
+    if guard.get("collapsed"):
+        from common.collapse import collapse_line
+
+        lines.append("  " + collapse_line(guard["collapse_reasons"], "these numbers are not a result"))
     return "\n".join(lines)
 
 
@@ -302,6 +314,8 @@ def main(argv=None) -> int:
         "K_1pct": metrics["K_1pct"],
         "descriptor_dim": int(ground.shape[1]),
         "curve": metrics["curve"],
+        "collapse_guard": {k: metrics[k] for k in ("ties", "tied_queries", "pessimistic", "descriptors",
+                                                   "collapsed", "collapse_reasons")},
         "backend": metrics["backend"],
         "dtype": metrics["dtype"],
         "time": {"embed_s": round(t_embed, 3), "retrieval_s": round(t_ret, 3),

@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tf.distribute strategy: auto = multiworker if TF_CONFIG is set, mirrored over several "
                         "GPUs, else one device (default auto)")
     p.add_argument("--seed", type=int, help="random seed of weights, shuffling and augmentation (default 0)")
+    p.add_argument("--deterministic", action="store_true", default=None,
+                   help="set train.deterministic: deterministic TensorFlow kernels and seeded everything, so the "
+                        "same command twice gives bit-identical weights and a resumed run equals an "
+                        "uninterrupted one (default: the config's value, false in the paper configs)")
     p.add_argument("--val-split", default="val",
                    help="split validated after every epoch (default val; CVUSA's val IS its test split); "
                         "'none' turns validation off (best.keras then follows the training loss)")
@@ -65,7 +69,7 @@ def main(argv=None) -> int:
     cfg = load_config(args.config)
     cli = {"train.epochs": args.epochs, "train.batch_size": args.batch_size,
            "train.steps_per_epoch": args.steps_per_epoch, "train.mixed_precision": args.mixed_precision,
-           "train.seed": args.seed}
+           "train.seed": args.seed, "train.deterministic": args.deterministic}
     cfg, marked = recipe.resolve(cfg, recipe.parse_overrides(args.overrides), cli=cli)
     train = cfg["train"]
     train.setdefault("mixed_precision", "off")
@@ -82,9 +86,13 @@ def main(argv=None) -> int:
                            steps_per_epoch=train.get("steps_per_epoch"), validate_every=args.validate_every)
     m = results["metrics"]
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-    print(f"done: {results['epochs_done']}/{results['epochs']} epochs in {results['time_s']:.0f} s; best epoch "
-          f"{results['best_epoch']}: R@1 {fmt(m['R@1'])}  R@5 {fmt(m['R@5'])}  R@10 {fmt(m['R@10'])}  "
-          f"R@1% {fmt(m['R@1%'])}  ({results['val_note']})")
+    if results["best_epoch"] is None and results["collapsed_epochs"]:
+        print(f"done: {results['epochs_done']}/{results['epochs']} epochs in {results['time_s']:.0f} s; every "
+              f"validated epoch was COLLAPSED, no best checkpoint ({results['val_note']})")
+    else:
+        print(f"done: {results['epochs_done']}/{results['epochs']} epochs in {results['time_s']:.0f} s; best "
+              f"epoch {results['best_epoch']}: R@1 {fmt(m['R@1'])}  R@5 {fmt(m['R@5'])}  R@10 {fmt(m['R@10'])}  "
+              f"R@1% {fmt(m['R@1%'])}  ({results['val_note']})")
     print(f"results: {os.path.join(args.out, 'results.json')}")
     return 0
 

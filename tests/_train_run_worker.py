@@ -1,7 +1,9 @@
 """Run one tiny training in this process (used by tests/test_train_resume.py through a subprocess).
 
-Usage: python tests/_train_run_worker.py RUN_DIR EPOCHS. Data: 48 random pairs (seeded), the tiny two-tower
-model of tests/train_tiny.py, AdamW + warm-up cosine, validation on 24 pairs. The fault hooks
+Usage: python tests/_train_run_worker.py RUN_DIR EPOCHS [geodtr]. Data: 48 random pairs (seeded), the tiny
+two-tower model of tests/train_tiny.py, AdamW + warm-up cosine, validation on 24 pairs; with ``geodtr``: a tiny
+real GeoDTR with dropout, counterfactual noise, azimuth roll and colour shuffle, deterministic, on 32 pairs of
+32x64 / 32x32 arrays (tests/train_tiny.geodtr_tiny_config). The fault hooks
 (CVGL_TEST_KILL_AT, CVGL_TEST_NAN_AT) come from the environment, as for the real command.
 """
 
@@ -22,8 +24,17 @@ def main(argv=None):
     from common.training.runner import run_training
 
     out, epochs = sys.argv[1], int(sys.argv[2])
-    cfg = tiny_config(epochs)
-    run_training(cfg, out, array_data(), strategy="auto", seed=0, verbose=0, build_fn=build_tiny)
+    if len(sys.argv) > 3 and sys.argv[3] == "geodtr":  # the real model, every source of randomness on
+        import warnings
+
+        from tests.train_tiny import geodtr_tiny_config
+
+        warnings.simplefilter("ignore")
+        run_training(geodtr_tiny_config(epochs), out, array_data(32, 16, size=32), strategy="auto", seed=3,
+                     verbose=0)
+    else:
+        run_training(tiny_config(epochs), out, array_data(), strategy="auto", seed=0, verbose=0,
+                     build_fn=build_tiny)
     print("finished")
 
 

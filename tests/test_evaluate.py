@@ -198,3 +198,39 @@ def test_cli_bad_input_exits_with_one_line(tmp_path):
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines == [lines[0]] and lines[0].startswith("error: dataset root not found")
+
+
+@pytest.mark.parametrize("bias", [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], ids=["constant", "all-zero"])
+def test_collapsed_descriptors_are_reported(world, tmp_path, capsys, bias):
+    """A model whose descriptors are all alike (kernel 0: every image -> the same vector, or all zeros) scores
+    R@1 = 100 under the official protocol (ties favour the query); evaluate reports the pessimistic R@1 0,
+    the tie count, and a COLLAPSED line, in the table and the JSON."""
+    root, _ = world
+    model = MeanColourModel(input_spec="geodtr_raw")
+    model.build()
+    for dense in (model.ground_dense, model.aerial_dense):
+        dense.kernel.assign(np.zeros((3, 3), "float32"))
+        dense.bias.assign(np.asarray(bias, "float32"))
+    path = str(tmp_path / "collapsed.keras")
+    model.save(path)
+    out = str(tmp_path / "res.json")
+    assert _run(["--dataset", "cvusa", "--split", "val", "--root", root, "--weights", path, "--out", out,
+                 "--no-progress"]) == 0
+    res = json.load(open(out))
+    guard = res["collapse_guard"]
+    assert res["metrics"]["R@1"] == 100.0  # the official protocol is fooled ...
+    assert guard["pessimistic"]["R@1"] == 0.0 and guard["ties"] == N * (N - 1) and guard["tied_queries"] == N
+    assert guard["collapsed"] is True and guard["collapse_reasons"]  # ... the guard is not
+    table = capsys.readouterr().out
+    assert "COLLAPSED" in table and "pessimistic" in table
+
+
+def test_healthy_model_is_not_collapsed(world, weights, tmp_path, capsys):
+    root, _ = world
+    out = str(tmp_path / "res.json")
+    _run(["--dataset", "cvusa", "--split", "val", "--root", root, "--weights", weights, "--out", out,
+          "--no-progress"])
+    guard = json.load(open(out))["collapse_guard"]
+    assert guard["collapsed"] is False and guard["ties"] == 0
+    assert guard["pessimistic"] == json.load(open(out))["metrics"]
+    assert "COLLAPSED" not in capsys.readouterr().out

@@ -111,12 +111,33 @@ def test_seeded_determinism_and_new_epochs(cvusa):
     recs = read_split("cvusa", cvusa, "train")
 
     def first_epochs(seed, epochs=2):
-        ds = make_dataset(recs, TINY_RAW, 3, training=True, augment="strong", seed=seed)
-        return [np.concatenate(batches(ds, "aerial")) for _ in range(epochs)]
+        return [np.concatenate(batches(make_dataset(recs, TINY_RAW, 3, training=True, augment="strong", seed=seed,
+                                                    epoch=e), "aerial")) for e in range(epochs)]
 
     a, b = first_epochs(1), first_epochs(1, epochs=1)  # (other seeds differ: tests/test_augment.py)
     np.testing.assert_array_equal(a[0], b[0])
     assert not np.array_equal(a[0], a[1])  # a new shuffle / new augmentation each epoch
+
+
+def test_endless_stream_and_skip_equal_the_passes(cvusa):
+    """repeat=True is pass 0, 1, 2, ... back to back (no batch straddles two passes); skip_batches=g starts at
+    global batch g without changing any batch (exact resume)."""
+    recs = read_split("cvusa", cvusa, "train")  # 7 pairs, batch 3, no drop: passes of [3, 3] (1 pair left out)
+    kw = dict(training=True, augment="strong", seed=4, drop_remainder=False, verbose=False)
+    passes = [batches(make_dataset(recs, TINY_RAW, 3, epoch=e, **kw)) for e in range(3)]
+    flat = [b for p in passes for b in p]
+    assert [int(b["ground"].shape[0]) for b in flat] == [3, 3] * 3
+    stream = make_dataset(recs, TINY_RAW, 3, repeat=True, **kw)
+    got = [{k: v.numpy() for k, v in b.items()} for b in stream.take(6)]
+    for x, y in zip(got, flat):
+        np.testing.assert_array_equal(x["aerial"], y["aerial"])
+        np.testing.assert_array_equal(x["ground"], y["ground"])
+    for g in (1, 2, 3, 5):
+        later = [{k: v.numpy() for k, v in b.items()} for b in
+                 make_dataset(recs, TINY_RAW, 3, repeat=True, skip_batches=g, **kw).take(6 - g)]
+        for x, y in zip(later, flat[g:]):
+            np.testing.assert_array_equal(x["aerial"], y["aerial"])
+    assert not np.array_equal(flat[0]["aerial"], flat[2]["aerial"])  # pass 1 is a new order / augmentation
 
 
 def test_batch_of_one_never_reaches_the_loss(cvusa, capsys):

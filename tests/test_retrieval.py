@@ -252,3 +252,57 @@ def test_faiss_missing_is_a_clear_error():
 def test_bad_input_raises(kwargs, match):
     with pytest.raises(CVGLError, match=match):
         R.recall_at_k(**kwargs)
+
+
+# --- collapse guard: ties, pessimistic ranks, descriptor health ------------------------------------------------
+def test_ties_and_pessimistic_ranks_equal_a_dense_oracle():
+    """Descriptors drawn from 4 directions only: many exact ties. Pessimistic index rank = #{i != k : D <= D_kk};
+    radius: #{j outside the radius : D_j <= D_j*}; both against a dense float64 oracle."""
+    rng = np.random.default_rng(7)
+    dirs = np.eye(4, 6)
+    q = dirs[rng.integers(0, 4, 60)]
+    r = dirs[rng.integers(0, 4, 60)]
+    d = 2 - 2 * q @ r.T
+    ranks, ties = R.true_match_ranks(q, r, chunk_size=16, backend="numpy", return_ties=True)
+    diag = np.diag(d)[:, None]
+    assert np.array_equal(ranks, (d < diag).sum(1))
+    assert np.array_equal(ranks + ties, (d <= diag).sum(1) - 1)  # pessimistic: every tie against
+    pos = rng.uniform(0, 30, (60, 2))
+    rranks, best, rties = R.radius_ranks(q, r, pos, pos, 5.0, chunk_size=16, backend="numpy", return_ties=True)
+    near = np.sqrt(((pos[:, None] - pos[None]) ** 2).sum(-1)) <= 5.0
+    for k in range(60):
+        if best[k] < 0:
+            continue
+        t = d[k, best[k]]
+        assert rranks[k] + rties[k] == np.count_nonzero((d[k] <= t) & ~near[k])
+    out = R.recall_at_k(q, r, ks=(1,), chunk_size=16, backend="numpy")
+    assert out["ties"] == int(ties.sum()) and out["tied_queries"] == int(np.count_nonzero(ties))
+    assert out["pessimistic"]["R@1"] == pytest.approx(100 * np.mean(ranks + ties < 1))
+
+
+def test_constant_and_zero_descriptors_are_collapsed():
+    for x in (np.ones((50, 8)), np.zeros((50, 8))):
+        out = R.recall_at_k(x, x, backend="numpy")
+        assert out["R@1"] == 100.0 and out["pessimistic"]["R@1"] == 0.0  # official protocol fooled, guard not
+        assert out["collapsed"] and len(out["collapse_reasons"]) == 3
+
+
+def test_nearly_constant_descriptors_are_collapsed_and_healthy_ones_not():
+    from common.collapse import MIN_SPREAD, descriptor_stats
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 32))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    healthy = R.recall_at_k(x + 0.05 * rng.normal(size=x.shape), x, backend="numpy")
+    assert not healthy["collapsed"] and healthy["ties"] == 0
+    st = descriptor_stats(x)
+    assert st["spread"] == pytest.approx(np.sqrt(1 - np.sum(x.mean(0) ** 2)), abs=1e-6)
+    assert 25 < st["effective_rank"] <= 32 and abs(st["mean_cosine"]) < 0.02
+    # all descriptors within a small cone around one direction: distinct (no ties), but collapsed
+    c = np.zeros(32)
+    c[0] = 1
+    tight = c + 0.5 * MIN_SPREAD * x
+    tight /= np.linalg.norm(tight, axis=1, keepdims=True)
+    out = R.recall_at_k(tight, tight, backend="numpy")
+    assert out["ties"] == 0 and out["R@1"] == 100.0
+    assert out["collapsed"] and "all alike" in out["collapse_reasons"][0]

@@ -21,13 +21,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "_train_run_worker.py")
 
 
-def _run(out, epochs, **env_extra):
+def _run(out, epochs, extra=(), **env_extra):
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("CVGL_TEST_KILL_AT", None)
     env.pop("CVGL_TEST_NAN_AT", None)
     env.update(env_extra)
-    return subprocess.run([sys.executable, WORKER, str(out), str(epochs)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=240)
+    return subprocess.run([sys.executable, WORKER, str(out), str(epochs), *extra], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
 def _load(path):
@@ -78,7 +78,7 @@ def test_kill_during_epoch_2_then_resume(tmp_path):
     assert results["resumed_from_epoch"] == 1
     assert results["history"][0] == epoch1  # the epoch before the kill is kept, not redone
     assert [h["epoch"] for h in results["history"]] == [1, 2, 3]
-    assert _csv_epochs(run) == [0, 1, 2]
+    assert _csv_epochs(run) == [1, 2, 3]
     assert results["metrics"]["R@1"] is not None
 
     done = _run(run, 3)  # a finished run is left alone
@@ -107,3 +107,60 @@ def test_nan_stops_with_last_good_checkpoint(tmp_path):
     again = _run(run, 3)  # without the NaN the same command resumes and finishes
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((run / "results.json").read_text())["epochs_done"] == 3
+
+
+# --- exact resume: the real GeoDTR (dropout, counterfactual noise, azimuth roll, colour shuffle), deterministic
+def _weights(path):
+    import keras
+
+    import geodtr_tf  # noqa: F401
+
+    model = keras.saving.load_model(path, compile=False)
+    return [np.asarray(v) for v in model.weights]
+
+
+def _untimed(history):
+    return [{k: v for k, v in h.items() if k != "epoch_time_s"} for h in history]
+
+
+def _csv_untimed(run):
+    with open(os.path.join(run, "logs", "train.csv")) as fh:
+        return [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in csv.DictReader(fh)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run = tmp_path_factory.mktemp("exact") / "uninterrupted"
+    done = _run(run, 3, extra=["geodtr"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run
+
+
+def _assert_same_run(a, b):
+    ra, rb = (json.loads((r / "results.json").read_text()) for r in (a, b))
+    assert _untimed(ra["history"]) == _untimed(rb["history"])  # every loss, lr and val metric, bit for bit
+    assert ra["metrics"] == rb["metrics"] and ra["best_epoch"] == rb["best_epoch"]
+    for name in ("last.keras", "best.keras"):
+        wa, wb = _weights(str(a / "checkpoints" / name)), _weights(str(b / "checkpoints" / name))
+        assert len(wa) == len(wb)
+        for x, y in zip(wa, wb):
+            np.testing.assert_array_equal(x, y)
+    assert _csv_untimed(a) == _csv_untimed(b)
+    sa, sb = (json.loads((r / "backup" / "state.json").read_text()) for r in (a, b))
+    assert sa["random_states"] == sb["random_states"] and sa["global_step"] == sb["global_step"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", ["2:2", "2:write"])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(uninterrupted, tmp_path, kill_at):
+    """Killed in the middle of epoch 2 (after its step 2 of 4), or in the middle of epoch 2's backup write
+    (new weights on disk under a temporary name, state.json not yet committed): the same command resumes after
+    epoch 1, replays epoch 2 from its first batch, and ends bit-identical to the uninterrupted run."""
+    run = tmp_path / "run"
+    killed = _run(run, 3, extra=["geodtr"], CVGL_TEST_KILL_AT=kill_at)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert json.loads((run / "backup" / "state.json").read_text())["epoch"] == 1
+    again = _run(run, 3, extra=["geodtr"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from the saved state after epoch 1/3" in again.stdout
+    _assert_same_run(uninterrupted, run)

@@ -82,8 +82,28 @@ def build_tiny(cfg):
     return TinyTwoTower(input_spec=get_spec(cfg["input_spec"]), **model_cfg)
 
 
-def array_data(n_train=48, n_val=24, seed=0):
-    """TrainData over random arrays where ground k and aerial k share a signal (so the loss can fall)."""
+def geodtr_tiny_config(epochs=3, batch_size=8):
+    """A tiny real GeoDTR with every source of randomness on: dropout, counterfactual noise, the azimuth roll
+    and colour shuffle (on the data of :func:`array_data` at ``size=32``), deterministic."""
+    from common.data.specs import InputSpec
+
+    spec = InputSpec("tiny_polar", (32, 64), (32, 32), True, "tanh")
+    return {
+        "name": "tiny_geodtr_run", "dataset": "cvusa", "input_spec": spec.to_config(),
+        "model": {"family": "geodtr", "num_descriptors": 2, "num_layers": 1, "num_heads": 2, "ffn_dim": 16,
+                  "dropout": 0.2, "backbone_widths": [4, 4, 8, 8], "backbone_weights": "random"},
+        "train": {"optimizer": {"name": "adamw", "learning_rate": 1e-3, "weight_decay": 0.03, "epsilon": 1e-6,
+                                "global_clipnorm": 1.0},
+                  "schedule": {"name": "warmup_cosine", "warmup_epochs": 1}, "deterministic": True,
+                  "azimuth_roll": True, "colour_shuffle": True,
+                  "epochs": epochs, "batch_size": batch_size, "drop_remainder": True},
+    }
+
+
+def array_data(n_train=48, n_val=24, seed=0, size=8):
+    """TrainData over random arrays where ground k and aerial k share a signal (so the loss can fall).
+
+    Aerial ``size x size``, ground ``size x 2 size`` (the aerial and its mirror image side by side)."""
     import numpy as np
     import tensorflow as tf
 
@@ -91,13 +111,28 @@ def array_data(n_train=48, n_val=24, seed=0):
 
     rng = np.random.default_rng(seed)
     n = n_train + n_val
-    base = rng.normal(size=(n, 8, 8, 3)).astype("float32")
-    ground = np.concatenate([base, base[:, :, ::-1]], axis=2) + 0.3 * rng.normal(size=(n, 8, 16, 3)).astype("float32")
-    aerial = base + 0.3 * rng.normal(size=(n, 8, 8, 3)).astype("float32")
+    base = rng.normal(size=(n, size, size, 3)).astype("float32")
+    ground = np.concatenate([base, base[:, :, ::-1]], axis=2) + 0.3 * rng.normal(
+        size=(n, size, 2 * size, 3)).astype("float32")
+    aerial = base + 0.3 * rng.normal(size=(n, size, size, 3)).astype("float32")
     tr = {"ground": ground[:n_train], "aerial": aerial[:n_train]}
 
-    def train_dataset(batch_size, seed_):
-        return tf.data.Dataset.from_tensor_slices(tr).shuffle(n_train, seed=seed_).batch(batch_size, drop_remainder=True)
+    def train_dataset(batch_size, seed_, start_step=0):
+        # the runner's contract: the endless stream of per-pass batches from global batch start_step on, each
+        # pass a pure function of (seed, pass)
+        from common.data.pipeline import pass_order
+
+        per_pass = n_train // batch_size
+        first = start_step // per_pass
+
+        def one_pass(p):
+            order = pass_order(n_train, seed_, p, shuffle=True)[:per_pass * batch_size]
+            skip = tf.where(tf.equal(p, first), tf.cast(start_step % per_pass * batch_size, tf.int64),
+                            tf.constant(0, tf.int64))
+            return tf.data.Dataset.from_tensor_slices(tf.gather(order, tf.range(skip, per_pass * batch_size)))
+
+        passes = tf.data.Dataset.range(first, 2 ** 62).flat_map(one_pass)
+        return passes.map(lambda i: {k: tf.gather(v, i) for k, v in tr.items()}).batch(batch_size)
 
     def embed_val(model):
         g = np.asarray(model.embed_ground(ground[n_train:]))

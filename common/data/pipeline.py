@@ -24,9 +24,11 @@ Per pair (see :mod:`common.data.readers` for where prepared files live):
   loss mask only uses differences.
 
 Order and randomness: the record list is sharded first (``shard=(num_shards, index)``: every
-``num_shards``-th record, as ``tf.data.Dataset.shard``), then shuffled with ``seed`` (a new order each
-epoch); augmentation draws stateless seeds from a seeded random stream, so a run with the same seed gives the
-same batches when ``deterministic=True`` (the default; parallel decoding keeps the order).
+``num_shards``-th record, as ``tf.data.Dataset.shard``); pass p over it is ordered by a stateless permutation
+keyed on ``(seed, p)`` (:func:`pass_order`) and each pair's augmentation by a stateless key
+``(p * pairs + position, seed)``, so the batches are a pure function of the seed and the global batch index:
+the same in every process, on every rerun and after a resume in the middle of the data
+(``skip_batches``). Parallel decoding keeps the order (``deterministic=True``, the default).
 
 Batch size 1 must never reach the triplet loss (it divides by B(B-1)): with ``drop_remainder=False`` and a
 final batch that would hold one pair, that pair is left out of the epoch (a different one each epoch when
@@ -188,14 +190,38 @@ class _Loader:
                        lambda: self.resize(img, self.spec.aerial_size))
 
 
+def batches_per_pass(n_pairs: int, batch_size: int, drop_remainder: bool) -> int:
+    """Batches in one pass over ``n_pairs`` pairs (after the batch-of-one rule of :func:`make_dataset`)."""
+    take = n_pairs - 1 if (not drop_remainder and n_pairs % batch_size == 1) else n_pairs
+    return take // batch_size if drop_remainder else -(-take // batch_size)
+
+
+def pass_order(n: int, seed: int, pass_index, shuffle: bool):
+    """The record order of pass ``pass_index`` (int64 (n,)): a stateless permutation keyed on (seed, pass), so
+    pass p has the same order in every process and after every resume (``tf.random.experimental
+    .stateless_shuffle``); ``range(n)`` when not shuffling."""
+    order = tf.range(n, dtype=tf.int64)
+    if shuffle:
+        key = tf.stack([tf.constant(int(seed), tf.int64), tf.cast(pass_index, tf.int64)])
+        order = tf.random.experimental.stateless_shuffle(order, seed=key)
+    return order
+
+
 def make_dataset(records, spec, batch_size: int, training: bool, augment=None, seed: int = 0,
                  drop_remainder=None, with_positions: bool = False, shard=None, deterministic: bool = True,
-                 shuffle=None, num_parallel_calls=AUTOTUNE, prefetch=AUTOTUNE, verbose: bool = True):
+                 shuffle=None, num_parallel_calls=AUTOTUNE, prefetch=AUTOTUNE, verbose: bool = True,
+                 epoch: int = 0, repeat: bool = False, skip_batches: int = 0):
     """Batches of pairs ``{"ground": (B,Hg,Wg,3), "aerial": (B,Ha,Wa,3)[, "position": (B,2)]}``, float32.
 
     records: list of PairRecord; spec: InputSpec or its name; training: shuffles (unless ``shuffle=False``)
     and enables ``augment`` (None/"none", "weak", "strong" or {"layout": ..., "semantic": ...}; ignored when
     not training); drop_remainder: default ``training``; shard: (num_shards, index) or None.
+
+    Passes: the dataset is pass ``epoch`` over the records (its order and augmentation are a pure function
+    of ``(seed, pass, position)``: iterating it twice gives the same batches); ``repeat=True`` gives the
+    endless stream of passes ``epoch, epoch + 1, ...`` (each pass batched on its own, so no batch straddles
+    two passes); ``skip_batches`` starts that stream that many batches later without loading the skipped
+    pairs (exact resume: the batches from global step g on are the batches an uninterrupted run sees).
     """
     spec = get_spec(spec)
     records = list(records)
@@ -219,26 +245,22 @@ def make_dataset(records, spec, batch_size: int, training: bool, augment=None, s
     modes = parse_augment(augment if training else None)
     sources = resolve_sources(records, spec)
     loader = _Loader(records, spec, sources)
-    tensors = dict(sources)
+    tensors = {k: tf.constant(v) for k, v in sources.items()}
     if with_positions:
-        tensors["position"] = relative_positions(records)
-    ds = tf.data.Dataset.from_tensor_slices(tensors)
-    if shuffle if shuffle is not None else training:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    if take < n:
-        ds = ds.take(take)
+        tensors["position"] = tf.constant(relative_positions(records))
+    shuffling = bool(shuffle if shuffle is not None else training)
     augmenting = modes["layout"] != "none" or modes["semantic"] != "none"
-    if augmenting:
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip((ds, seeds))
-    else:
-        ds = ds.map(lambda e: (e, tf.constant(0, tf.int64)))
+    per_pass = batches_per_pass(n, batch_size, bool(drop_remainder))
+    first_pass = int(epoch) + int(skip_batches) // per_pass
+    first_skip = (int(skip_batches) % per_pass) * batch_size
 
-    def load(e, rnd):
+    def load(slot, index, pass_index):
+        e = {k: tf.gather(v, index) for k, v in tensors.items()}
         ground = loader.ground(e["ground_path"], e["ground_crop"])
         aerial = loader.aerial(e["aerial_path"], e["aerial_mode"])
         if augmenting:
-            s_ls, s_g, s_a = tf.unstack(tf.random.experimental.stateless_split(tf.stack([rnd, seed]), 3))
+            key = tf.stack([pass_index * take + slot, tf.constant(int(seed), tf.int64)])
+            s_ls, s_g, s_a = tf.unstack(tf.random.experimental.stateless_split(key, 3))
             ground = semantic_augment(ground, s_g, modes["semantic"])
             aerial = semantic_augment(aerial, s_a, modes["semantic"])
         ground = normalise(ground, spec)
@@ -250,8 +272,18 @@ def make_dataset(records, spec, batch_size: int, training: bool, augment=None, s
             out["position"] = e["position"]
         return out
 
-    ds = ds.map(load, num_parallel_calls=num_parallel_calls, deterministic=deterministic)
-    ds = ds.batch(batch_size, drop_remainder=bool(drop_remainder))
+    def one_pass(pass_index):
+        order = pass_order(n, seed, pass_index, shuffling)[:take]
+        start = tf.where(tf.equal(pass_index, first_pass), tf.constant(first_skip, tf.int64),
+                         tf.constant(0, tf.int64))
+        slots = tf.range(start, take, dtype=tf.int64)
+        ds = tf.data.Dataset.from_tensor_slices((slots, tf.gather(order, slots)))
+        ds = ds.map(lambda slot, index: load(slot, index, pass_index), num_parallel_calls=num_parallel_calls,
+                    deterministic=deterministic)
+        return ds.batch(batch_size, drop_remainder=bool(drop_remainder))
+
+    passes = tf.data.Dataset.range(first_pass, (2 ** 62) if repeat else first_pass + 1)
+    ds = passes.flat_map(one_pass)
     options = tf.data.Options()
     options.deterministic = bool(deterministic)
     ds = ds.with_options(options)

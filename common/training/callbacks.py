@@ -35,7 +35,19 @@ def atomic_write_text(path: str, text: str) -> None:
 
 
 def atomic_write_json(path: str, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Strict JSON (a non-finite float, e.g. R@1% of fewer than 100 pairs, is written as null), atomically."""
+    text = json.dumps(_finite(obj), indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+    atomic_write_text(path, text + "\n")
+
+
+def _finite(o):
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
 
 
 def _json_default(o):
@@ -110,16 +122,25 @@ class RecallValidation(keras.callbacks.Callback):
             return
         from common.retrieval import recall_at_k
 
+        from common.collapse import collapse_line
+
         t0 = time.time()
         ground, aerial = self.embed_fn(self.model)
         metrics = recall_at_k(ground, aerial, ks=(1, 5, 10))
         self.last = {k: metrics[k] for k in ("R@1", "R@5", "R@10", "R@1%")}
+        pess = metrics["pessimistic"] or {}
+        spread = min(metrics["descriptors"]["query"]["spread"], metrics["descriptors"]["reference"]["spread"])
+        extra = {"R@1_pessimistic": pess.get("R@1"), "spread": spread, "collapsed": float(metrics["collapsed"])}
         if logs is not None:
-            for k, v in self.last.items():
+            for k, v in {**self.last, **extra}.items():
                 logs[f"val_{k}"] = float("nan") if v is None else float(v)
         r1p = "-" if metrics["R@1%"] is None else f"{metrics['R@1%']:.2f}"
         print(f"  {self.label} (N={metrics['N']}): R@1 {metrics['R@1']:.2f}  R@5 {metrics['R@5']:.2f}  "
-              f"R@10 {metrics['R@10']:.2f}  R@1% {r1p}   [{time.time() - t0:.1f} s]", flush=True)
+              f"R@10 {metrics['R@10']:.2f}  R@1% {r1p}   (pessimistic R@1 {pess.get('R@1', float('nan')):.2f}, "
+              f"spread {spread:.3f})   [{time.time() - t0:.1f} s]", flush=True)
+        if metrics["collapsed"]:
+            print(f"  epoch {epoch + 1}: " + collapse_line(metrics["collapse_reasons"], "validation descriptors")
+                  + "; this epoch cannot become best.keras", flush=True)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -128,6 +149,8 @@ class RecallValidation(keras.callbacks.Callback):
 class Checkpoints(keras.callbacks.Callback):
     """``last.keras`` after every epoch and ``best.keras`` when the monitored metric improves (atomic).
 
+    An epoch whose validation descriptors are collapsed (``val_collapsed``, :mod:`common.collapse`) never
+    becomes ``best.keras``, whatever its R@1: ties favour the query, so a collapsed model can score high.
     Without validation metrics in the logs (validation off), ``best.keras`` follows the lowest training loss.
     Only the chief writes (multi-worker).
     """
@@ -149,7 +172,8 @@ class Checkpoints(keras.callbacks.Callback):
         value = logs.get(self.state.monitor)
         if value is None or (isinstance(value, float) and math.isnan(value)):
             value = -float(logs.get("loss", math.inf))
-        improved = value > self.state.best
+        collapsed = bool(logs.get("val_collapsed", 0.0))  # never select a collapsed epoch (common.collapse)
+        improved = value > self.state.best and not collapsed
         if improved:
             self.state.best = float(value)
             self.state.best_epoch = epoch + 1
@@ -165,21 +189,32 @@ class Checkpoints(keras.callbacks.Callback):
 
 
 class ResumeState(keras.callbacks.BackupAndRestore):
-    """Keras ``BackupAndRestore``, made safe against ``kill -9`` at any instant and aware of the run state.
+    """Keras ``BackupAndRestore``, made safe against ``kill -9`` at any instant and exact.
 
-    After every epoch it writes ``backup/epoch-<n>.weights.h5`` (model + optimizer variables) to a temporary
-    name and renames it, then ``backup/state.json`` (epoch, best metric so far, history, the weights file's
-    name) the same way, then deletes older weight files. The JSON is the commit point: a kill before it
-    leaves the previous state valid; a kill after it leaves the new one. On start, the state (if any) is
-    loaded: weights, optimizer moments and step counter, ``initial_epoch``, best metric and history.
+    After every epoch it writes ``backup/epoch-<n>.weights.h5`` (model + optimizer variables: weights, BatchNorm
+    statistics, moments, step counter) to a temporary name and renames it, then ``backup/state.json`` the same
+    way: the epoch, the global step, the data position (pass and batch of the stream; the batches are a pure
+    function of the seed and the global step, :func:`common.data.pipeline.make_dataset`), the state of every
+    random generator of the model (dropout masks, GeoDTR's counterfactual noise: ``keras.random.SeedGenerator``
+    states, which ``save_weights`` does not hold), best metric so far and history; then it rewrites
+    ``logs/train.csv`` from that history and deletes older weight files. The JSON is the commit point: a kill
+    before it (in the middle of an epoch, or while any file is being written) leaves the previous state valid,
+    a kill after it the new one. On start the state is loaded and the interrupted epoch is replayed from its
+    first step with the same batches and random numbers, so with a deterministic run
+    (``train.deterministic``) the resumed run ends bit-identical to an uninterrupted one.
     """
 
-    def __init__(self, backup_dir: str, state: RunState):
+    def __init__(self, backup_dir: str, state: RunState, steps_per_epoch: int = 0, csv_path: str | None = None,
+                 data_position=None, kill_in_write: int | None = None):
         super().__init__(backup_dir=backup_dir, save_freq="epoch", delete_checkpoint=False,
                          double_checkpoint=False)
         self.state = state
         self.state_path = os.path.join(backup_dir, "state.json")
         self.resumed_from = None
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.csv_path = csv_path
+        self.data_position = data_position or (lambda step: {})
+        self.kill_in_write = kill_in_write
 
     def read(self):
         if not os.path.exists(self.state_path):
@@ -202,6 +237,7 @@ class ResumeState(keras.callbacks.BackupAndRestore):
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
         self.model.load_weights(weights)
+        set_random_states(self.model, saved.get("random_states"))
         self.model._initial_epoch = int(saved["epoch"])
         self.state.load_json(saved.get("run", {}))
         self.resumed_from = int(saved["epoch"])
@@ -214,14 +250,57 @@ class ResumeState(keras.callbacks.BackupAndRestore):
             return
         os.makedirs(self.backup_dir, exist_ok=True)
         name = f"epoch-{epoch + 1}.weights.h5"
-        atomic_save_weights(self.model, os.path.join(self.backup_dir, name))
-        atomic_write_json(self.state_path, {"epoch": epoch + 1, "weights": name, "run": self.state.to_json()})
+        path = os.path.join(self.backup_dir, name)
+        if self.kill_in_write == epoch + 1:  # test hook: die with the new weights half-committed
+            tmp = os.path.join(self.backup_dir, f".tmp-{os.getpid()}-{name}")
+            self.model.save_weights(tmp)
+            os.kill(os.getpid(), signal.SIGKILL)
+        atomic_save_weights(self.model, path)
+        step = (epoch + 1) * self.steps_per_epoch
+        atomic_write_json(self.state_path, {
+            "epoch": epoch + 1, "global_step": step, "data": self.data_position(step), "weights": name,
+            "random_states": random_states(self.model), "run": self.state.to_json()})
+        self.write_csv()
         for old in os.listdir(self.backup_dir):
             if old.startswith("epoch-") and old != name:
                 os.remove(os.path.join(self.backup_dir, old))
 
+    def write_csv(self):
+        """``logs/train.csv`` from the committed history: one row per finished epoch (1-based), never a row
+        twice or missing, whatever was interrupted."""
+        if not self.csv_path or not self.state.history:
+            return
+        keys = ["epoch"] + sorted({k for h in self.state.history for k in h} - {"epoch", "epoch_time_s"}) + [
+            "epoch_time_s"]
+        lines = [",".join(keys)]
+        for h in self.state.history:
+            lines.append(",".join("" if h.get(k) is None else repr(h[k]) if isinstance(h.get(k), float)
+                                  else str(h[k]) for k in keys))
+        atomic_write_text(self.csv_path, "\n".join(lines) + "\n")
+
     def on_train_end(self, logs=None):
         pass
+
+
+def random_states(model) -> list:
+    """The state of every ``keras.random.SeedGenerator`` of ``model`` (in variable order), as lists."""
+    return [np.asarray(v).tolist() for v in _seed_state_variables(model)]
+
+
+def set_random_states(model, states) -> None:
+    """Restore what :func:`random_states` returned (a resume written before it existed passes None)."""
+    if states is None:
+        return
+    variables = _seed_state_variables(model)
+    if len(states) != len(variables):
+        raise CVGLError(f"the resume state holds {len(states)} random-generator states but the model has "
+                        f"{len(variables)}; it was written by another model: delete the backup folder to restart")
+    for v, value in zip(variables, states):
+        v.assign(np.asarray(value, dtype=v.dtype))
+
+
+def _seed_state_variables(model):
+    return [v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")]
 
 
 # ------------------------------------------------------------------------------------------------------

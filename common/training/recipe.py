@@ -19,7 +19,8 @@ import yaml
 from common.data.specs import get_spec
 from common.errors import CVGLError
 
-TRAIN_DEFAULTS = {"epochs": 1, "batch_size": 32, "drop_remainder": False, "schedule": {"name": "constant"}}
+TRAIN_DEFAULTS = {"epochs": 1, "batch_size": 32, "drop_remainder": False, "schedule": {"name": "constant"},
+                  "deterministic": False}
 
 
 def parse_value(text: str):

@@ -7,16 +7,24 @@ Run directory::
     RUN/checkpoints/best.keras the epoch with the best validation R@1 (the papers' selection rule)
     RUN/checkpoints/last.keras the last finished epoch
     RUN/backup/                resume state (weights + optimizer + epoch + best so far), see ResumeState
-    RUN/logs/train.csv         one row per epoch (loss, lr, val_R@1 ...), appended across resumes
+    RUN/logs/train.csv         one row per finished epoch (1-based; loss, lr, val_R@1 ...), rewritten from the
+                               committed history at every backup, so a resume never repeats or loses a row
     RUN/logs/tensorboard/      TensorBoard event files
     RUN/results.json           val metrics of the best checkpoint, epochs, time, config hash
 
 Rerunning the same command on an existing run directory resumes it (same config hash required); a finished
 run is reported as such and left alone.
 
+Determinism (``train.deterministic: true`` or ``--deterministic``; on in the demo and the tests): Keras, NumPy and
+Python seeded with ``--seed``, ``tf.config.experimental.enable_op_determinism()``, deterministic tf.data. The
+training stream is a pure function of the seed and the global step (pass-indexed shuffles, stateless
+augmentation keys), so the same command twice gives bit-identical weights, logs and metrics, and a resumed
+run replays exactly what the interrupted one would have done (see :class:`common.training.callbacks
+.ResumeState`).
+
 Fault hooks for the tests (environment variables, inactive unless set): ``CVGL_TEST_KILL_AT=EPOCH:STEP``
-(SIGKILL after that step) and ``CVGL_TEST_NAN_AT=STEP`` (the ground images of that global training step,
-1-based, become NaN).
+(SIGKILL after that step), ``CVGL_TEST_KILL_AT=EPOCH:write`` (SIGKILL in the middle of that epoch's backup
+write) and ``CVGL_TEST_NAN_AT=STEP`` (the ground images of that global training step, 1-based, become NaN).
 """
 
 from __future__ import annotations
@@ -47,8 +55,10 @@ NAN_ENV = "CVGL_TEST_NAN_AT"
 class TrainData:
     """What a run trains and validates on.
 
-    ``train_dataset(batch_size, seed)`` returns a ``tf.data.Dataset`` of global batches (dicts of
-    normalised float32 images ``ground`` / ``aerial`` [+ ``position``]), one epoch long;
+    ``train_dataset(batch_size, seed, start_step)`` returns the endless ``tf.data.Dataset`` of global batches
+    (dicts of normalised float32 images ``ground`` / ``aerial`` [+ ``position``]) from global batch
+    ``start_step`` on: pass p over the data after pass p - 1, each a pure function of ``(seed, p)``
+    (``make_dataset(..., repeat=True, skip_batches=start_step)``);
     ``n_train`` its number of pairs; ``example`` a dict of arrays with batch 1 to build the model;
     ``embed_val(model) -> (ground, aerial)`` the validation embeddings (None: no validation);
     ``val_note`` what the validation split is (printed, and kept in results.json).
@@ -79,10 +89,10 @@ def records_data(cfg: dict, root: str, spec, seed: int = 0, val_split: str = "va
 
     augment = augment_argument(cfg.get("augment"))
 
-    def train_dataset(batch_size, seed_):
+    def train_dataset(batch_size, seed_, start_step=0):
         return make_dataset(train_records, spec, batch_size, training=True, augment=augment,
                             seed=seed_, drop_remainder=bool(train_cfg.get("drop_remainder", False)),
-                            with_positions=with_positions)
+                            with_positions=with_positions, repeat=True, skip_batches=start_step)
 
     example = {"ground": np.zeros((1, *spec.ground_size, 3), "float32"),
                "aerial": np.zeros((1, *spec.aerial_size, 3), "float32")}
@@ -121,22 +131,21 @@ def azimuth_roll(ds, seed: int = 0):
     degrees only, as the papers do; a synthetic city has a single street-grid orientation, so a model trained
     on one city would otherwise see streets at the same azimuths (mod 90) only. Both views are in the same
     azimuth coordinates (north at the centre column, clockwise), so a common circular shift of the columns is
-    a consistent rotation of the scene. Polar aerials only.
+    a consistent rotation of the scene. Polar aerials only. ``ds`` yields ``(global step, batch)``; the
+    draws are stateless, keyed on (seed, step), so a resumed run draws what the uninterrupted one drew.
     """
     import tensorflow as tf
 
-    gen = tf.random.Generator.from_seed(seed + 7919)
-
-    def roll(batch):
+    def roll(step, batch):
         batch = dict(batch)
         b = tf.shape(batch["ground"])[0]
-        frac = gen.uniform([b, 1])
+        frac = tf.random.stateless_uniform([b, 1], seed=tf.stack([tf.cast(seed + 7919, tf.int64), step]))
         for key in ("ground", "aerial"):
             w = tf.shape(batch[key])[2]
             shift = tf.cast(tf.round(frac * tf.cast(w, tf.float32)), tf.int32)
             idx = tf.math.floormod(tf.range(w)[None, :] - shift, w)
             batch[key] = tf.gather(batch[key], idx, axis=2, batch_dims=1)
-        return batch
+        return step, batch
 
     return ds.map(roll)
 
@@ -144,20 +153,21 @@ def azimuth_roll(ds, seed: int = 0):
 def colour_shuffle(ds, seed: int = 0):
     """Per view and per sample: a random permutation of the colour channels and random channel gains in
     [0.6, 1.4] (``train.colour_shuffle: true``; off in every paper config). Two synthetic cities differ in
-    palette; this makes a model trained on one city rely on layout rather than on its colours."""
+    palette; this makes a model trained on one city rely on layout rather than on its colours. ``ds`` yields
+    ``(global step, batch)``; stateless draws keyed on (seed, step, view)."""
     import tensorflow as tf
 
-    gen = tf.random.Generator.from_seed(seed + 104729)
-
-    def shuffle(batch):
+    def shuffle(step, batch):
         batch = dict(batch)
-        for key in ("ground", "aerial"):
+        for v, key in enumerate(("ground", "aerial")):
             x = batch[key]
             b = tf.shape(x)[0]
-            perm = tf.argsort(gen.uniform([b, 3]), axis=-1)
+            k_perm = tf.stack([tf.cast(seed + 104729 + 2 * v, tf.int64), step])
+            k_gain = tf.stack([tf.cast(seed + 104730 + 2 * v, tf.int64), step])
+            perm = tf.argsort(tf.random.stateless_uniform([b, 3], seed=k_perm), axis=-1)
             x = tf.gather(x, perm, axis=3, batch_dims=1)
-            batch[key] = x * gen.uniform([b, 1, 1, 3], 0.6, 1.4)
-        return batch
+            batch[key] = x * tf.random.stateless_uniform([b, 1, 1, 3], seed=k_gain, minval=0.6, maxval=1.4)
+        return step, batch
 
     return ds.map(shuffle)
 
@@ -169,9 +179,19 @@ def _inject_nan(ds, step: int):
         batch = dict(batch)
         bad = tf.equal(i, step - 1)
         batch["ground"] = tf.where(bad, batch["ground"] * float("nan"), batch["ground"])
-        return batch
+        return i, batch
 
-    return ds.enumerate().map(put)
+    return ds.map(put)
+
+
+def set_determinism(seed: int, deterministic: bool) -> None:
+    """Seed Keras / NumPy / Python with ``seed``; with ``deterministic`` also make TensorFlow's kernels
+    deterministic (``enable_op_determinism``: process-wide, and it cannot be switched off again)."""
+    keras.utils.set_random_seed(int(seed))
+    if deterministic and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
 
 
 def _check_existing_run(out: str, cfg_hash: str):
@@ -190,7 +210,7 @@ def _check_existing_run(out: str, cfg_hash: str):
 
 def run_training(cfg: dict, out: str, data: TrainData, *, strategy: str = "auto", precision: str = "off",
                  seed: int = 0, steps_per_epoch: Optional[int] = None, verbose: int | None = None,
-                 validate_every: int = 1, log=print, build_fn=None) -> dict:
+                 validate_every: int = 1, log=print, build_fn=None, extra_callbacks=()) -> dict:
     """Train ``cfg`` (resolved) into run directory ``out``; returns the results dict (also results.json)."""
     train_cfg = cfg["train"]
     epochs = int(train_cfg["epochs"])
@@ -203,7 +223,8 @@ def run_training(cfg: dict, out: str, data: TrainData, *, strategy: str = "auto"
     _check_existing_run(out, cfg_hash)
     chief = is_chief()
 
-    keras.utils.set_random_seed(seed)
+    deterministic = bool(train_cfg.get("deterministic", False))
+    set_determinism(seed, deterministic)
     policy = set_precision(precision)
     strat = make_strategy(strategy) if keras.backend.backend() == "tensorflow" else None
     replicas = strat.num_replicas_in_sync if strat is not None else 1
@@ -230,44 +251,55 @@ def run_training(cfg: dict, out: str, data: TrainData, *, strategy: str = "auto"
         steps = int(steps_per_epoch)
     if steps < 1:
         raise CVGLError(f"{data.n_train} training pairs give no batch of {batch_size}; lower --batch-size")
-    ds = data.train_dataset(batch_size, seed)
+
+    state = cb.RunState("val_R@1" if data.embed_val is not None else "-loss")
+    backup_dir = os.path.join(out, "backup") if chief else os.path.join(out, "backup", f"worker-{os.getpid()}")
+    kill_at = os.environ.get(cb.KILL_ENV)
+    kill_in_write = None
+    if kill_at and kill_at.endswith(":write"):
+        kill_in_write, kill_at = int(kill_at.split(":")[0]), None
+    resume = cb.ResumeState(backup_dir, state, steps_per_epoch=steps,
+                            csv_path=os.path.join(out, "logs", "train.csv") if chief else None,
+                            data_position=lambda step: {"seed": seed, "global_step": step},
+                            kill_in_write=kill_in_write)
+    saved = resume.read()
+    start = int(saved["epoch"]) if saved else 0
+
+    # the stream of global batches from the first step this process runs (a pure function of seed and step)
+    start_step = start * steps
+    ds = data.train_dataset(batch_size, seed, start_step).enumerate(start=start_step)
     if train_cfg.get("azimuth_roll"):
         if not get_spec(cfg["input_spec"]).polar:
             raise CVGLError("train.azimuth_roll needs a polar aerial input (input_spec.polar: true)")
         ds = azimuth_roll(ds, seed)
     if train_cfg.get("colour_shuffle"):
         ds = colour_shuffle(ds, seed)
-    ds = ds.repeat()
     nan_at = os.environ.get(NAN_ENV)
     if nan_at:
         ds = _inject_nan(ds, int(nan_at))
+    ds = ds.map(lambda step, batch: batch)
 
-    state = cb.RunState("val_R@1" if data.embed_val is not None else "-loss")
-    backup_dir = os.path.join(out, "backup") if chief else os.path.join(out, "backup", f"worker-{os.getpid()}")
-    resume = cb.ResumeState(backup_dir, state)
     callbacks = [EpochLearningRate(float(train_cfg["optimizer"]["learning_rate"]), schedule, epochs), cb.NanGuard(state)]
     validation = None
     if data.embed_val is not None:
         validation = cb.RecallValidation(data.embed_val, state, epochs, every=validate_every)
         callbacks.append(validation)
     callbacks += [cb.Checkpoints(os.path.join(out, "checkpoints"), state, chief=chief), resume]
+    callbacks += list(extra_callbacks)
     if chief:
-        callbacks.append(keras.callbacks.CSVLogger(os.path.join(out, "logs", "train.csv"), append=True))
         if _tensorboard_available():
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(out, "logs", "tensorboard"),
                                                          write_graph=False, profile_batch=0))
         else:
             log("TensorBoard logging off: the tensorboard package is not installed (pip install tensorboard)")
-    kill_at = os.environ.get(cb.KILL_ENV)
     if kill_at:
         callbacks.append(cb.KillSwitch(kill_at))
 
-    saved = resume.read()
-    start = int(saved["epoch"]) if saved else 0
     log(f"run directory: {out}   config hash {cfg_hash}")
     log(f"strategy: {type(strat).__name__ if strat is not None else keras.backend.backend()} "
         f"({replicas} replica{'s' if replicas > 1 else ''}), global batch {batch_size}"
-        f"{f' = {replicas} x {batch_size // replicas}' if replicas > 1 else ''}, precision {policy}")
+        f"{f' = {replicas} x {batch_size // replicas}' if replicas > 1 else ''}, precision {policy}, "
+        f"{'deterministic' if deterministic else 'not deterministic (train.deterministic: false)'}, seed {seed}")
     log(f"training pairs: {data.n_train}, {steps} steps per epoch, {epochs} epochs, "
         f"schedule {schedule['name']} stepped per epoch; validation: {data.val_note if data.embed_val else 'off'}")
     if start >= epochs:
@@ -275,7 +307,8 @@ def run_training(cfg: dict, out: str, data: TrainData, *, strategy: str = "auto"
         resume.resumed_from = start
         log(f"already complete: {start}/{epochs} epochs in {out} (results.json is up to date)")
     elif start:
-        log(f"resuming from the saved state after epoch {start}/{epochs}")
+        log(f"resuming from the saved state after epoch {start}/{epochs} (global step {start_step}; the "
+            f"interrupted epoch is replayed from its first batch)")
 
     t0 = time.time()
     if verbose is None:
@@ -292,6 +325,16 @@ def run_training(cfg: dict, out: str, data: TrainData, *, strategy: str = "auto"
                         f"train.optimizer.learning_rate or check the input images; rerunning the same "
                         f"command resumes from the last good epoch")
     results = _results(cfg, cfg_hash, state, data, epochs, elapsed, policy, strategy, replicas, resume.resumed_from)
+    if results["collapsed_epochs"]:
+        from common.collapse import ADVICE
+
+        n_bad = len(results["collapsed_epochs"])
+        if state.best_epoch is None and data.embed_val is not None:
+            log(f"WARNING: every validated epoch ({n_bad}) had collapsed descriptors; no best.keras was written "
+                f"and results.json has no metrics. The model did not learn; try: {ADVICE}")
+        else:
+            log(f"note: {n_bad} epoch(s) had collapsed validation descriptors ({results['collapsed_epochs']}); "
+                f"none of them was selected")
     if chief:
         cb.atomic_write_json(os.path.join(out, "results.json"), results)
     return results
@@ -312,6 +355,9 @@ def _results(cfg, cfg_hash, state, data, epochs, elapsed, policy, strategy, repl
         "metrics": metrics,
         "best_epoch": state.best_epoch,
         "selected_by": state.monitor,
+        "selection_rule": "the best monitored value among epochs whose validation descriptors are not collapsed",
+        "collapsed_epochs": [h["epoch"] for h in state.history if h.get("val_collapsed")],
+        "deterministic": bool(cfg["train"].get("deterministic", False)),
         "epochs": epochs,
         "epochs_done": len(state.history),
         "time_s": round(sum(h.get("epoch_time_s", 0.0) for h in state.history), 2),
