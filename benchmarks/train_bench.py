@@ -3,6 +3,8 @@ machine's matmul rate, float32 against mixed precision, all measured in the same
 
     python -m benchmarks.train_bench                  # paper input sizes and batch sizes (a GPU job)
     python -m benchmarks.train_bench --quick          # CPU-sized: batch 4, 32x128 inputs, 2 timed steps
+    python -m benchmarks.train_bench --quick --determinism --configs geodtr_cvusa_polar_ls mgtl_cvusa_full
+                                                      # the cost of train.deterministic (op determinism)
     KERAS_BACKEND=jax python -m benchmarks.train_bench --quick   # same model code on the JAX backend
 
 What is timed: ``model.train_on_batch`` on NumPy batches of random normalised images (no tf.data, so the JAX
@@ -174,7 +176,44 @@ def build_parser():
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (tracing / compilation)")
     p.add_argument("--batch-size", type=int, help="override the paper batch size")
     p.add_argument("--size-factor", type=int, help="divide the paper input sizes by this (default 1)")
+    p.add_argument("--determinism", action="store_true",
+                   help="instead of the precision table: the step time with TensorFlow op determinism off and on "
+                        "(train.deterministic), float32, each mode in its own process (it is process-wide), "
+                        "rounds interleaved off/on/off/on, and the ratio on/off")
+    p.add_argument("--op-determinism", choices=("on", "off"), help=argparse.SUPPRESS)  # one child of --determinism
     return p
+
+
+def determinism_table(args) -> int:
+    """Step time with op determinism off / on, two interleaved rounds of one child process per mode."""
+    import json
+    import subprocess
+
+    configs = args.configs or ["geodtr_cvusa_polar_ls", "mgtl_cvusa_full"]
+    child = [sys.executable, "-m", "benchmarks.train_bench", "--precisions", "off", "--warmup", str(args.warmup)]
+    if args.quick:
+        child.append("--quick")
+    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--size-factor", args.size_factor)):
+        if value:
+            child += [flag, str(value)]
+    times = {}
+    for rnd in range(2):
+        for mode in ("off", "on"):
+            for cfg in configs:
+                out = subprocess.run(child + ["--configs", cfg, "--op-determinism", mode], capture_output=True,
+                                     text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+                if out.returncode:
+                    raise CVGLError(f"benchmark child for {cfg} (op determinism {mode}) failed: "
+                                    f"{out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                times.setdefault((cfg, mode), []).append(row["step_s"])
+                print(f"  round {rnd + 1}: {cfg:<28} op determinism {mode:<3}  step {row['step_s']:.3f} s", flush=True)
+    print("| config | step, determinism off (s) | step, on (s) | on / off |")
+    print("|---|---|---|---|")
+    for cfg in configs:
+        off, on = min(times[(cfg, "off")]), min(times[(cfg, "on")])
+        print(f"| {cfg} | {off:.3f} | {on:.3f} | {on / off:.2f} |")
+    return 0
 
 
 def _has_gpu() -> bool:
@@ -191,9 +230,26 @@ def _has_gpu() -> bool:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.determinism:
+        return determinism_table(args)
     import keras
 
     from common.config import config_paths, load_config
+
+    if args.op_determinism:  # a child of --determinism: one config, one mode, one JSON line
+        import json
+
+        import tensorflow as tf
+
+        if args.op_determinism == "on":
+            tf.config.experimental.enable_op_determinism()
+        cfg = load_config(args.configs[0])
+        factor = args.size_factor if args.size_factor else (0 if args.quick else 1)
+        if args.quick or args.batch_size or factor != 1:
+            cfg = quick_config(cfg, factor, args.batch_size or (4 if args.quick else cfg["train"]["batch_size"]))
+        r = bench_config(cfg, "off", args.steps or (2 if args.quick else 5), args.warmup)
+        print(json.dumps({"config": cfg["name"], "step_s": r["step_s"]}))
+        return 0
 
     paths = args.configs or config_paths()
     if not paths:

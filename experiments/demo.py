@@ -98,8 +98,13 @@ COMMON = {
     "train.drop_remainder": True,
     "train.azimuth_roll": True,
     "train.colour_shuffle": True,
+    "train.deterministic": True,
 }
-SEED_A, SEED_B = 11, 22
+SEED_A, SEED_B = 11, 22  # the default city pair (--seeds A B)
+# Expected seconds of each stage on an idle 2-core CPU (the README's measured demo); the ETA scales these by
+# how fast this machine has been so far.
+EXPECTED_S = {"cities": 30.0, "baseline": 10.0, "epoch": {"geodtr": 18.0, "mgtl": 17.0},
+              "after": {"geodtr": 45.0, "mgtl": 35.0}}
 # the localised query: this pair of city A's val split (never trained on), against all of that split's aerials
 LOCALISE_QUERY = 0
 
@@ -112,12 +117,15 @@ def build_parser():
     p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["geodtr", "mgtl"],
                    help="which models to train (default both)")
     p.add_argument("--train", type=int, default=2000, help="training pairs of city A (default 2000)")
-    p.add_argument("--val-a", type=int, default=100, help="validation pairs of city A, for model selection")
+    p.add_argument("--val-a", type=int, default=100,
+                   help="validation pairs of city A, for model selection (default 100)")
     p.add_argument("--val-b", type=int, default=500, help="evaluation pairs of the unseen city B (default 500)")
     p.add_argument("--epochs", type=int, default=None,
                    help="training epochs for every model (default: each model's demo epochs, "
                         + ", ".join(f"{k} {v['epochs']}" for k, v in MODELS.items()) + ")")
-    p.add_argument("--workers", type=int, default=2, help="processes writing the synthetic cities")
+    p.add_argument("--seeds", type=int, nargs=2, metavar=("A", "B"), default=[SEED_A, SEED_B],
+                   help=f"world seeds of city A (training) and city B (unseen, evaluation); default {SEED_A} {SEED_B}")
+    p.add_argument("--workers", type=int, default=2, help="processes writing the synthetic cities (default 2)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 64 + 16 pairs in A, 100 in B, 1 epoch (numbers meaningless)")
     p.add_argument("--skip-export", action="store_true", help="do not export / localise")
@@ -128,11 +136,62 @@ def _say(msg):
     print(msg, flush=True)
 
 
-def write_cities(out, n_train, n_val_a, n_val_b, workers):
+class DemoClock:
+    """Wall and CPU time of the demo, and an ETA from the stages still to run.
+
+    Each stage has an expected duration (``EXPECTED_S``, seconds on an idle 2-core CPU); the ETA is the
+    expected time of what is left, scaled by (time taken so far / time expected so far)."""
+
+    def __init__(self, models, epochs):
+        self.t0 = time.time()
+        self.cpu0 = self.cpu()
+        self.plan = {"cities": EXPECTED_S["cities"], "baseline": EXPECTED_S["baseline"]}
+        for m in models:
+            self.plan.update({f"{m}/epoch{e}": EXPECTED_S["epoch"][m] for e in range(1, epochs[m] + 1)})
+            self.plan[f"{m}/after"] = EXPECTED_S["after"][m]
+        self.done = set()
+
+    @staticmethod
+    def cpu() -> float:
+        import resource
+
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    def elapsed(self) -> float:
+        return time.time() - self.t0
+
+    def finish(self, stage: str) -> str:
+        self.done.add(stage)
+        spent = sum(v for k, v in self.plan.items() if k in self.done)
+        left = sum(v for k, v in self.plan.items() if k not in self.done)
+        speed = self.elapsed() / spent if spent else 1.0
+        pct = 100.0 * spent / (spent + left)
+        return (f"[demo {pct:3.0f}% | {_mmss(self.elapsed())} elapsed, CPU {_mmss(self.cpu() - self.cpu0)} | "
+                f"ETA {_mmss(left * speed)}]")
+
+
+def _mmss(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _epoch_clock(clock, name):
+    """A Keras callback printing the demo's progress line after each training epoch."""
+    import keras
+
+    class _Tick(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            _say(clock.finish(f"{name}/epoch{epoch + 1}"))
+
+    return _Tick()
+
+
+def write_cities(out, n_train, n_val_a, n_val_b, workers, seeds=(SEED_A, SEED_B)):
     from common.synthetic import write_world
 
     roots = {}
-    for name, seed, n_tr, n_va in (("city_a", SEED_A, n_train, n_val_a), ("city_b", SEED_B, 0, n_val_b)):
+    for name, seed, n_tr, n_va in (("city_a", seeds[0], n_train, n_val_a), ("city_b", seeds[1], 0, n_val_b)):
         root = os.path.join(out, "data", name)
         t = time.time()
         info = write_world("cvusa", root, seed, n_tr, n_va, aerial_size=128, pano_size=(32, 176),
@@ -156,7 +215,7 @@ def demo_config(model_name, epochs=None):
     return recipe.resolve(cfg, list(overrides.items()))
 
 
-def train_model(cfg, marked, root_a, run_dir):
+def train_model(cfg, marked, root_a, run_dir, extra_callbacks=()):
     """Train the resolved demo config on city A (its val split selects the best epoch); returns the results."""
     from common.data.specs import get_spec
     from common.training import recipe
@@ -168,7 +227,7 @@ def train_model(cfg, marked, root_a, run_dir):
     _say(recipe.format_recipe(cfg, marked))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return run_training(cfg, run_dir, data, strategy="auto", seed=0, verbose=2)
+        return run_training(cfg, run_dir, data, strategy="auto", seed=0, verbose=2, extra_callbacks=extra_callbacks)
 
 
 def evaluate_on(model, records, spec, batch_size=64):
@@ -180,12 +239,15 @@ def evaluate_on(model, records, spec, batch_size=64):
 
 
 def _load_best(run_dir):
+    """The best checkpoint, or (every epoch collapsed, so there is none) the last one, and which it is."""
     import keras
 
     import geodtr_tf  # noqa: F401  (registers the classes)
     import mgtl_tf  # noqa: F401
 
-    return keras.saving.load_model(os.path.join(run_dir, "checkpoints", "best.keras"), compile=False)
+    best = os.path.join(run_dir, "checkpoints", "best.keras")
+    path = best if os.path.exists(best) else os.path.join(run_dir, "checkpoints", "last.keras")
+    return keras.saving.load_model(path, compile=False), os.path.basename(path)
 
 
 def recall_figure(curves: dict, baseline_curve, chance_curve, out_png, title):
@@ -303,13 +365,18 @@ def main(argv=None) -> int:
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     t_start = time.time()
+    seeds = tuple(args.seeds)
+    if seeds[0] == seeds[1]:
+        raise CVGLError(f"--seeds {seeds[0]} {seeds[1]}: city B must be another city than city A (two different seeds)")
+    clock = DemoClock(args.models, {m: args.epochs or MODELS[m]["epochs"] for m in args.models})
 
     from common.data.readers import read_split
     from common.data.specs import get_spec
     from common.synthetic.baseline import raw_pixel_baseline
 
     _say("== 1. two synthetic cities (CVUSA layout) ==")
-    roots = write_cities(out, args.train, args.val_a, args.val_b, args.workers)
+    roots = write_cities(out, args.train, args.val_a, args.val_b, args.workers, seeds)
+    _say(clock.finish("cities"))
     records_b = read_split("cvusa", roots["city_b"], "val")
     records_a_val = read_split("cvusa", roots["city_a"], "val")
     records_loc = records_a_val[LOCALISE_QUERY % len(records_a_val)]
@@ -319,6 +386,7 @@ def main(argv=None) -> int:
     chance = base["chance"]
     _say(f"baseline (N={base['N']}): R@1 {base['R@1']:.2f}  R@5 {base['R@5']:.2f}  R@10 {base['R@10']:.2f}  "
          f"R@1% {base['R@1%']}   chance R@1 {chance['R@1']:.2f}")
+    _say(clock.finish("baseline"))
     n_b = len(records_b)
     kmax = max(10, n_b // 100)
     chance_curve = [100.0 * k / n_b for k in range(1, kmax + 1)]
@@ -330,21 +398,31 @@ def main(argv=None) -> int:
         cfg, marked = demo_config(name, args.epochs)
         spec = get_spec(cfg["input_spec"])
         run_dir = os.path.join(out, "runs", name)
-        train_res = train_model(cfg, marked, roots["city_a"], run_dir)
+        train_res = train_model(cfg, marked, roots["city_a"], run_dir, [_epoch_clock(clock, name)])
 
         _say(f"== 4. evaluate {name} on the unseen city B ==")
-        model = _load_best(run_dir)
+        model, checkpoint = _load_best(run_dir)
+        if checkpoint != "best.keras":
+            _say(f"  {name}: every epoch had collapsed descriptors, so there is no best.keras; evaluating "
+                 f"{checkpoint}, and the numbers below are not a result")
         metrics, g, a = evaluate_on(model, records_b, spec)
         curves[name] = metrics["curve"][:kmax]
         entry = {"model": name, "config": cfg["name"], **{k: metrics[k] for k in ("R@1", "R@5", "R@10", "R@1%")},
                  "N": metrics["N"], "baseline": {k: base[k] for k in ("R@1", "R@5", "R@10", "R@1%")},
                  "chance": {k: chance[k] for k in ("R@1", "R@5", "R@10", "R@1%")},
                  "best_epoch": train_res["best_epoch"], "train_time_s": train_res["time_s"],
-                 "city_a_val": train_res["metrics"], "differs_from_paper": sorted(marked)}
+                 "city_a_val": train_res["metrics"], "differs_from_paper": sorted(marked),
+                 "seeds": list(seeds), "checkpoint": checkpoint,
+                 "collapsed": bool(metrics["collapsed"]) or checkpoint != "best.keras",
+                 "pessimistic": metrics["pessimistic"], "collapsed_epochs": train_res["collapsed_epochs"]}
         ratio = metrics["R@1"] / base["R@1"] if base["R@1"] else float("inf")
         entry["R@1_over_baseline"] = round(ratio, 2)
         _say(f"{name} on city B: R@1 {metrics['R@1']:.2f}  R@5 {metrics['R@5']:.2f}  R@10 {metrics['R@10']:.2f}  "
              f"R@1% {metrics['R@1%']}  ({ratio:.1f}x the raw-pixel R@1)")
+        if metrics["collapsed"]:
+            from common.collapse import collapse_line
+
+            _say("  " + collapse_line(metrics["collapse_reasons"], f"{name} on city B"))
 
         _say(f"== 5. pictures, export and localisation ({name}) ==")
         pics = [recall_figure({name: curves[name]}, baseline_curve, chance_curve,
@@ -369,24 +447,32 @@ def main(argv=None) -> int:
                      f"city-A val aerials ({'in' if loc['true_rank'] <= 5 else 'NOT in'} the top 5)")
         results.append(entry)
         _write_results(out, results)
+        _say(clock.finish(f"{name}/after"))
 
     recall_figure(curves, baseline_curve, chance_curve, os.path.join(out, "recall_curves.png"),
                   "unseen city B: trained models vs raw pixels")
     _say("")
-    _say(f"unseen city B, {n_b} ground queries against {n_b} aerials (index protocol)")
-    _say(f"{'':22}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'R@1%':>7}")
+    _say(f"unseen city B (seed {seeds[1]}; trained on city A, seed {seeds[0]}), {n_b} ground queries against "
+         f"{n_b} aerials (index protocol)")
+    _say(f"{'':22}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'R@1%':>7}   x raw pixels (R@1 / R@5)")
     for e in results:
-        _say(f"{e['model']:<22}" + "".join(f"{_fmt(e[k]):>7}" for k in ("R@1", "R@5", "R@10", "R@1%")))
+        x5 = e["R@5"] / base["R@5"] if base["R@5"] else float("inf")
+        _say(f"{e['model']:<22}" + "".join(f"{_fmt(e[k]):>7}" for k in ("R@1", "R@5", "R@10", "R@1%"))
+             + f"   {e['R@1_over_baseline']:.1f}x / {x5:.1f}x" + ("   COLLAPSED" if e["collapsed"] else ""))
     _say(f"{'raw-pixel baseline':<22}" + "".join(f"{_fmt(base[k]):>7}" for k in ("R@1", "R@5", "R@10", "R@1%")))
     _say(f"{'chance':<22}" + "".join(f"{_fmt(chance[k]):>7}" for k in ("R@1", "R@5", "R@10", "R@1%")))
-    _say(f"results: {os.path.join(out, 'demo_results.json')}   total {time.time() - t_start:.0f} s")
+    wall, cpu = time.time() - t_start, clock.cpu() - clock.cpu0
+    _say(f"results: {os.path.join(out, 'demo_results.json')}   wall {_mmss(wall)}, CPU {_mmss(cpu)}")
+    _write_results(out, results, {"seeds": list(seeds), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1)})
     return 0
 
 
-def _write_results(out, results):
+def _write_results(out, results, timing=None):
     from common.training.callbacks import atomic_write_json
 
     atomic_write_json(os.path.join(out, "demo_results.json"), results)
+    if timing is not None:
+        atomic_write_json(os.path.join(out, "demo_time.json"), timing)
 
 
 if __name__ == "__main__":
