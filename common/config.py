@@ -12,7 +12,7 @@ Schema (every key below is read by the training system; families read their own 
     model: {family: geodtr, ...}           # family: geodtr | mgtl | safa; the rest goes to the family builder
     augment: {layout_simulation: strong, semantic: strong}   # strong | weak | none
     train:
-      optimizer: {name: adamw, learning_rate: 1.0e-4, weight_decay: 0.03, epsilon: 1.0e-6, global_clipnorm: 1.0}
+      optimizer: {name: adamw_torch, learning_rate: 1.0e-4, weight_decay: 0.03, epsilon: 1.0e-6, global_clipnorm: 1.0}
       schedule: {name: warmup_cosine, warmup_epochs: 5}      # or {name: constant}; stepped per epoch
       epochs: 200
       batch_size: 32

@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from common.backbones.resnet import ResNet34, conv_flops
+from common.backbones.resnet import ResNet34, TorchBatchNormalization, conv_flops
+from common.errors import CVGLError
 from tests import geodtr_numpy_ref as ref
 
 
@@ -39,6 +40,7 @@ def test_torchvision_names_one_to_one(trunk):
     assert set(layers) == expected_prefixes
     for name, layer in layers.items():
         if name.split(".")[-1].startswith("bn") or name.endswith("downsample.1"):
+            assert isinstance(layer, TorchBatchNormalization)
             assert isinstance(layer, keras.layers.BatchNormalization)
             assert layer.epsilon == 1e-5 and layer.momentum == 0.9
         else:
@@ -101,3 +103,128 @@ def test_flop_count_equals_count_from_layer_shapes(trunk):
                 total += 2 * int(np.prod(block.down_conv.kernel.shape)) * mid[1] * mid[2]
             shape = mid
         assert conv_flops((h, w)) == total
+
+
+# --- TorchBatchNormalization: torch.nn.BatchNorm2d's running statistics --------------------------------
+
+def _torch_bn_oracle(x, gamma, beta, mean0, var0, momentum=0.1, eps=1e-5):
+    """torch.nn.BatchNorm2d.train() forward on NHWC x in float64: (output, running_mean, running_var)."""
+    x = x.astype(np.float64)
+    n = x.size // x.shape[-1]
+    mu = x.mean(axis=(0, 1, 2))
+    var_b = ((x - mu) ** 2).mean(axis=(0, 1, 2))
+    y = (x - mu) / np.sqrt(var_b + eps) * gamma + beta  # normalised with the biased variance
+    return y, (1 - momentum) * mean0 + momentum * mu, (1 - momentum) * var0 + momentum * var_b * n / (n - 1)
+
+
+def _bn_pair(channels, rng):
+    gamma = (1 + 0.2 * rng.standard_normal(channels)).astype(np.float32)
+    beta = (0.1 * rng.standard_normal(channels)).astype(np.float32)
+    mean0 = (0.1 * rng.standard_normal(channels)).astype(np.float32)
+    var0 = rng.uniform(0.5, 1.5, channels).astype(np.float32)
+    layers = []
+    for cls in (TorchBatchNormalization, keras.layers.BatchNormalization):
+        layer = cls(epsilon=1e-5, momentum=0.9)
+        layer.build((None, None, None, channels))
+        layer.set_weights([gamma, beta, mean0, var0])
+        layers.append(layer)
+    return layers, (gamma, beta, mean0, var0)
+
+
+def test_torch_batchnorm_moving_variance_is_unbiased():
+    """Two training calls on (2, 3, 5, C), n = 30: running_var gets var n/(n-1), the output the biased var."""
+    rng = np.random.default_rng(3)
+    c = 6
+    (bn, plain), (gamma, beta, mean, var) = _bn_pair(c, rng)
+    for step in range(2):
+        x = rng.standard_normal((2, 3, 5, c)) * rng.uniform(0.5, 3, c) + rng.uniform(-2, 2, c)
+        x = x.astype(np.float32)
+        want_y, mean, var = _torch_bn_oracle(x, gamma, beta, mean, var)
+        got_y = np.asarray(bn(x, training=True))
+        plain(x, training=True)
+        np.testing.assert_allclose(got_y, want_y, rtol=0, atol=2e-5)
+        np.testing.assert_allclose(bn.moving_mean.numpy(), mean, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(bn.moving_variance.numpy(), var, rtol=1e-6, atol=1e-7)
+    # plain Keras folds the biased variance in: its gap (about 0.1 var/(n-1)) is far above the tolerance
+    gap = np.max(np.abs(plain.moving_variance.numpy() - var) / var)
+    assert gap > 1e-3, gap
+    np.testing.assert_allclose(plain.moving_mean.numpy(), mean, rtol=1e-6, atol=1e-7)
+    # inference mode uses the moving statistics, as the parent
+    x = rng.standard_normal((1, 4, 4, c)).astype(np.float32)
+    want = (x - bn.moving_mean.numpy()) / np.sqrt(bn.moving_variance.numpy() + 1e-5) * gamma + beta
+    np.testing.assert_allclose(np.asarray(bn(x, training=False)), want, rtol=0, atol=1e-5)
+
+
+def test_torch_batchnorm_with_mask_counts_unmasked_elements():
+    rng = np.random.default_rng(4)
+    bn = TorchBatchNormalization(epsilon=1e-5, momentum=0.9)
+    x = rng.standard_normal((2, 7, 3)).astype(np.float32) * 2 + 1
+    mask = np.ones((2, 7), bool)
+    mask[0, 5:] = False
+    mask[1, 3:] = False
+    bn(x, mask=mask, training=True)
+    sel = x[mask].astype(np.float64)  # (10, 3)
+    n = sel.shape[0]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), 0.1 * sel.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), 0.9 + 0.1 * sel.var(0) * n / (n - 1), rtol=1e-5)
+
+
+def test_torch_batchnorm_mixed_precision_keeps_float32_statistics():
+    rng = np.random.default_rng(5)
+    c = 4
+    x = rng.standard_normal((2, 4, 6, c)).astype(np.float32) * 3
+    bn = TorchBatchNormalization(epsilon=1e-5, momentum=0.9, dtype="mixed_float16")
+    y = bn(x.astype(np.float16), training=True)
+    assert keras.backend.standardize_dtype(y.dtype) == "float16"
+    assert bn.moving_variance.dtype == "float32" and bn.gamma.dtype == "float32"
+    want_y, _, want_var = _torch_bn_oracle(x.astype(np.float16).astype(np.float32), np.ones(c), np.zeros(c),
+                                           np.zeros(c), np.ones(c))
+    np.testing.assert_allclose(np.asarray(y, np.float32), want_y, rtol=0, atol=1e-2)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), want_var, rtol=1e-5)
+
+
+def test_torch_batchnorm_config_and_keras_file_round_trip(tmp_path):
+    bn = TorchBatchNormalization(epsilon=1e-5, momentum=0.9, dtype="float32", name="bn_x")
+    clone = TorchBatchNormalization.from_config(bn.get_config())
+    assert type(clone) is TorchBatchNormalization
+    got = (clone.epsilon, clone.momentum, clone.name, clone.dtype_policy.name)
+    assert got == (1e-5, 0.9, "bn_x", "float32")
+    inputs = keras.Input((3, 4, 2))
+    model = keras.Model(inputs, TorchBatchNormalization(epsilon=1e-5, momentum=0.9, name="bn")(inputs))
+    rng = np.random.default_rng(6)
+    model.get_layer("bn").set_weights([rng.standard_normal(2).astype(np.float32) for _ in range(3)]
+                                      + [rng.uniform(0.5, 1, 2).astype(np.float32)])
+    model.save(tmp_path / "bn.keras")
+    loaded = keras.saving.load_model(tmp_path / "bn.keras")
+    assert type(loaded.get_layer("bn")) is TorchBatchNormalization
+    x = rng.standard_normal((2, 3, 4, 2)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+    # a training call on the loaded layer still uses n/(n-1) (n = 24)
+    loaded.get_layer("bn").moving_variance.assign(np.zeros(2, np.float32))
+    loaded(x, training=True)
+    var = x.reshape(-1, 2).astype(np.float64).var(0)
+    np.testing.assert_allclose(loaded.get_layer("bn").moving_variance.numpy(), 0.1 * var * 24 / 23, rtol=1e-5)
+
+
+def test_torch_batchnorm_refuses_what_torch_has_not():
+    with pytest.raises(CVGLError, match="renorm"):
+        TorchBatchNormalization(renorm=True)
+    with pytest.raises(CVGLError, match="synchronized"):
+        TorchBatchNormalization(synchronized=True)
+
+
+def test_resnet_weight_names_and_order_are_unchanged(monkeypatch):
+    """TorchBatchNormalization keeps every variable path, shape and the order plain Keras BN gives."""
+    from common.backbones import resnet
+
+    def paths():
+        t = ResNet34(name="trunk")
+        t.build((None, None, None, 3))
+        return [(v.path, tuple(v.shape)) for v in t.weights]
+
+    ours = paths()
+    monkeypatch.setattr(resnet, "_bn", lambda name: keras.layers.BatchNormalization(
+        epsilon=resnet.BN_EPSILON, momentum=resnet.BN_MOMENTUM, name=name))
+    assert ours == paths()
+    assert ours[1:5] == [("trunk/bn1/gamma", (64,)), ("trunk/bn1/beta", (64,)),
+                         ("trunk/bn1/moving_mean", (64,)), ("trunk/bn1/moving_variance", (64,))]

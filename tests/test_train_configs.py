@@ -81,7 +81,10 @@ def test_config_loads_and_resolves(path):
     get_spec(cfg["input_spec"])
     train = cfg["train"]
     assert int(train["epochs"]) >= 1 and int(train["batch_size"]) >= 2
-    assert train["optimizer"]["name"] in ("adam", "adamw") and float(train["optimizer"]["learning_rate"]) > 0
+    assert train["optimizer"]["name"] in ("adam", "adamw", "adamw_torch")
+    assert float(train["optimizer"]["learning_rate"]) > 0
+    if cfg["model"]["family"] == "geodtr":  # torch.optim.AdamW + clip_grad_norm_, as the official train.py
+        assert train["optimizer"]["name"] == "adamw_torch"
     lr0 = lr_for_epoch(float(train["optimizer"]["learning_rate"]), train.get("schedule"), 0, int(train["epochs"]))
     if (train.get("schedule") or {}).get("name") == "warmup_cosine":
         assert lr0 == 0.0  # GeoDTR: epoch 0 runs at lr 0

@@ -8,7 +8,11 @@ a 16x16x512 map. Output is taken after the last ReLU (r ≥ 0).
 To make the pixels line up with PyTorch every padded convolution is an explicit symmetric
 ``ZeroPadding2D(p)`` followed by a ``valid`` convolution (conv1 p=3, every 3x3 p=1; the 1x1 downsample has
 no padding): Keras ``padding="same"`` pads bottom/right only at stride 2 (geodtr.md §13.2). BatchNorm uses
-epsilon 1e-5 and momentum 0.9 (= PyTorch momentum 0.1).
+epsilon 1e-5 and momentum 0.9 (= PyTorch momentum 0.1) and is :class:`TorchBatchNormalization`: in training
+it normalises with the biased batch variance, as both frameworks do, but folds the *unbiased* one
+(x n/(n-1), n = B*H*W) into the moving variance, as ``torch.nn.BatchNorm2d`` does; plain Keras folds the
+biased one, so after a training step every running variance would be off by up to 1/(n-1) of its update
+(layer4 at 122x671 with B=2: n = 672, 0.15%; tests/test_geodtr_train_step.py).
 
 Weight names: :meth:`ResNet34.torch_layers` maps every torchvision state-dict prefix (``conv1``, ``bn1``,
 ``layer2.0.downsample.0`` ...) to the Keras layer holding that tensor, so a converter can move weights 1:1
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 import keras
 from keras import layers, ops
+
+from common.errors import CVGLError
 
 STAGES = (("layer1", 64, 3, 1), ("layer2", 128, 4, 2), ("layer3", 256, 6, 2), ("layer4", 512, 3, 2))
 BN_EPSILON = 1e-5
@@ -35,8 +41,66 @@ def _conv(filters, kernel, stride, name):
                          kernel_initializer=keras.initializers.get(_CONV_INIT), name=name)
 
 
+@keras.saving.register_keras_serializable(package="cvgl")
+class TorchBatchNormalization(layers.BatchNormalization):
+    """``keras.layers.BatchNormalization`` whose moving variance follows ``torch.nn.BatchNorm*d``.
+
+    Training mode: the output is normalised with the batch mean and the *biased* batch variance (as Keras
+    and PyTorch both do), and the moving statistics are updated with
+
+        moving_mean     <- momentum * moving_mean     + (1 - momentum) * mean
+        moving_variance <- momentum * moving_variance + (1 - momentum) * variance * n / (n - 1)
+
+    where n is the number of reduced elements per channel (B*H*W for an NHWC map; with a mask, the number
+    of unmasked ones). PyTorch raises for n = 1; here the factor is then 1. Everything else (inference,
+    weights, their names and order, mixed precision with float32 statistics) is the parent's. Batch
+    renormalisation and ``synchronized`` statistics are not part of PyTorch's BatchNorm and are refused.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.renorm:
+            raise CVGLError(f"{self.name}: TorchBatchNormalization does not support renorm=True "
+                            f"(PyTorch's BatchNorm has no batch renormalisation)")
+        if self.synchronized:
+            raise CVGLError(f"{self.name}: TorchBatchNormalization does not support synchronized=True "
+                            f"(use keras.layers.BatchNormalization for cross-replica statistics)")
+
+    def _count(self, inputs, mask):
+        """n: elements reduced per channel, as a float32 scalar."""
+        if mask is not None:
+            return ops.sum(ops.cast(mask, "float32"))
+        shape = ops.shape(inputs)
+        n = 1
+        for axis in self._reduction_axes:
+            n = n * shape[axis]
+        return ops.cast(n, "float32")
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable):
+            return super().call(inputs, training=training, mask=mask)
+        if mask is not None and len(mask.shape) != len(inputs.shape) - 1:
+            raise ValueError(f"The mask provided should be one dimension less than the inputs. Received: "
+                             f"mask.shape={mask.shape}, inputs.shape={inputs.shape}")
+        # as the parent: statistics in (at least) float32, also under mixed precision
+        compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
+        inputs = ops.cast(inputs, compute_dtype)
+        mean, variance = self._moments(inputs, mask)
+        n = ops.cast(self._count(inputs, mask), compute_dtype)
+        unbiased = variance * (n / ops.maximum(n - 1.0, 1.0))
+        moving_mean = ops.cast(self.moving_mean, compute_dtype)
+        moving_variance = ops.cast(self.moving_variance, compute_dtype)
+        self.moving_mean.assign(moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(moving_variance * self.momentum + unbiased * (1.0 - self.momentum))
+        gamma = ops.cast(self.gamma, compute_dtype) if self.scale else None
+        beta = ops.cast(self.beta, compute_dtype) if self.center else None
+        outputs = ops.batch_normalization(x=inputs, mean=mean, variance=variance, axis=self.axis, offset=beta,
+                                          scale=gamma, epsilon=self.epsilon)
+        return ops.cast(outputs, self.compute_dtype)
+
+
 def _bn(name):
-    return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
+    return TorchBatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
 
 
 @keras.saving.register_keras_serializable(package="cvgl")
@@ -150,7 +214,8 @@ class ResNet34(layers.Layer):
         return config
 
     def torch_layers(self, prefix="") -> dict:
-        """{torchvision state-dict prefix: Keras Conv2D / BatchNormalization}, e.g. ``layer2.0.downsample.0``."""
+        """{torchvision state-dict prefix: Keras Conv2D / TorchBatchNormalization}, e.g.
+        ``layer2.0.downsample.0``."""
         p = f"{prefix}." if prefix else ""
         out = {f"{p}conv1": self.conv1, f"{p}bn1": self.bn1}
         for name, block in zip(self.block_names, self.blocks):
