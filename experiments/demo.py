@@ -238,16 +238,19 @@ def evaluate_on(model, records, spec, batch_size=64):
     return recall_at_k(g, a, ks=(1, 5, 10), return_ranks=True), g, a
 
 
+def _checkpoint(run_dir) -> str:
+    """The best checkpoint, or (every epoch collapsed, so there is none) the last one."""
+    best = os.path.join(run_dir, "checkpoints", "best.keras")
+    return best if os.path.exists(best) else os.path.join(run_dir, "checkpoints", "last.keras")
+
+
 def _load_best(run_dir):
-    """The best checkpoint, or (every epoch collapsed, so there is none) the last one, and which it is."""
     import keras
 
     import geodtr_tf  # noqa: F401  (registers the classes)
     import mgtl_tf  # noqa: F401
 
-    best = os.path.join(run_dir, "checkpoints", "best.keras")
-    path = best if os.path.exists(best) else os.path.join(run_dir, "checkpoints", "last.keras")
-    return keras.saving.load_model(path, compile=False), os.path.basename(path)
+    return keras.saving.load_model(_checkpoint(run_dir), compile=False)
 
 
 def recall_figure(curves: dict, baseline_curve, chance_curve, out_png, title):
@@ -401,7 +404,7 @@ def main(argv=None) -> int:
         train_res = train_model(cfg, marked, roots["city_a"], run_dir, [_epoch_clock(clock, name)])
 
         _say(f"== 4. evaluate {name} on the unseen city B ==")
-        model, checkpoint = _load_best(run_dir)
+        model, checkpoint = _load_best(run_dir), os.path.basename(_checkpoint(run_dir))
         if checkpoint != "best.keras":
             _say(f"  {name}: every epoch had collapsed descriptors, so there is no best.keras; evaluating "
                  f"{checkpoint}, and the numbers below are not a result")

@@ -112,3 +112,32 @@ def test_multiworker_needs_tf_config(monkeypatch):
     assert not is_chief()
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}')
     assert is_chief()
+
+
+def test_cross_city_augmentations_are_stateless_and_ramp_in():
+    """azimuth_roll / colour_shuffle are a pure function of (seed, global step) (exact resume), and with
+    train.augment_ramp_epochs a sample is augmented with probability min(1, (step + 1) / ramp_steps)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from common.training.runner import azimuth_roll, colour_shuffle
+
+    rng = np.random.default_rng(0)
+    batch = {"ground": rng.uniform(size=(64, 4, 16, 3)).astype("float32"),
+             "aerial": rng.uniform(size=(64, 4, 16, 3)).astype("float32")}
+
+    def apply(fn, step, ramp):
+        ds = tf.data.Dataset.from_tensors((tf.constant(step, tf.int64), batch))
+        _, out = next(iter(fn(ds, seed=3, ramp_steps=ramp)))
+        return {k: v.numpy() for k, v in out.items()}
+
+    for fn in (azimuth_roll, colour_shuffle):
+        full = apply(fn, 7, 0)
+        np.testing.assert_array_equal(full["ground"], apply(fn, 7, 0)["ground"])  # same step: same draw
+        assert not np.array_equal(full["ground"], apply(fn, 8, 0)["ground"])  # next step: a new draw
+        changed = lambda out: np.mean([not np.array_equal(out["ground"][i], batch["ground"][i])  # noqa: E731
+                                       for i in range(64)])
+        assert changed(full) > 0.9
+        assert changed(apply(fn, 0, 10_000)) == 0.0  # p = 1e-4 at the first step: (almost surely) untouched
+        assert 0.3 < changed(apply(fn, 4_999, 10_000)) < 0.7  # halfway through the ramp: about half
+        assert changed(apply(fn, 20_000, 10_000)) > 0.9  # after it: every sample

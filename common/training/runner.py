@@ -124,7 +124,19 @@ def augment_argument(augment):
     return augment
 
 
-def azimuth_roll(ds, seed: int = 0):
+def _ramp_mask(step, b, seed_key, ramp_steps: int):
+    """(B,) float mask: 1 for the samples a ramped augmentation applies to at global ``step``. Each sample is
+    augmented with probability min(1, (step + 1) / ramp_steps) (stateless draw); ramp_steps 0: always."""
+    import tensorflow as tf
+
+    if not ramp_steps:
+        return tf.ones([b], tf.float32)
+    p = tf.minimum(1.0, tf.cast(step + 1, tf.float32) / float(ramp_steps))
+    u = tf.random.stateless_uniform([b], seed=tf.stack([tf.cast(seed_key, tf.int64), step]))
+    return tf.cast(u < p, tf.float32)
+
+
+def azimuth_roll(ds, seed: int = 0, ramp_steps: int = 0):
     """Roll each training pair's panorama and polar aerial by the same random azimuth (any angle).
 
     ``train.azimuth_roll: true`` (off in every paper config). Layout simulation turns by multiples of 90
@@ -133,6 +145,8 @@ def azimuth_roll(ds, seed: int = 0):
     azimuth coordinates (north at the centre column, clockwise), so a common circular shift of the columns is
     a consistent rotation of the scene. Polar aerials only. ``ds`` yields ``(global step, batch)``; the
     draws are stateless, keyed on (seed, step), so a resumed run draws what the uninterrupted one drew.
+    ``ramp_steps`` (``train.augment_ramp_epochs``): over the first steps only a growing share of the samples
+    is rolled (see :func:`_ramp_mask`).
     """
     import tensorflow as tf
 
@@ -140,6 +154,7 @@ def azimuth_roll(ds, seed: int = 0):
         batch = dict(batch)
         b = tf.shape(batch["ground"])[0]
         frac = tf.random.stateless_uniform([b, 1], seed=tf.stack([tf.cast(seed + 7919, tf.int64), step]))
+        frac = frac * _ramp_mask(step, b, seed + 7920, ramp_steps)[:, None]
         for key in ("ground", "aerial"):
             w = tf.shape(batch[key])[2]
             shift = tf.cast(tf.round(frac * tf.cast(w, tf.float32)), tf.int32)
@@ -150,23 +165,28 @@ def azimuth_roll(ds, seed: int = 0):
     return ds.map(roll)
 
 
-def colour_shuffle(ds, seed: int = 0):
+def colour_shuffle(ds, seed: int = 0, ramp_steps: int = 0):
     """Per view and per sample: a random permutation of the colour channels and random channel gains in
     [0.6, 1.4] (``train.colour_shuffle: true``; off in every paper config). Two synthetic cities differ in
     palette; this makes a model trained on one city rely on layout rather than on its colours. ``ds`` yields
-    ``(global step, batch)``; stateless draws keyed on (seed, step, view)."""
+    ``(global step, batch)``; stateless draws keyed on (seed, step, view). ``ramp_steps``: as
+    :func:`azimuth_roll`."""
     import tensorflow as tf
 
     def shuffle(step, batch):
         batch = dict(batch)
+        b = tf.shape(batch["ground"])[0]
+        on = _ramp_mask(step, b, seed + 104728, ramp_steps)  # the same samples in both views
         for v, key in enumerate(("ground", "aerial")):
             x = batch[key]
-            b = tf.shape(x)[0]
             k_perm = tf.stack([tf.cast(seed + 104729 + 2 * v, tf.int64), step])
             k_gain = tf.stack([tf.cast(seed + 104730 + 2 * v, tf.int64), step])
-            perm = tf.argsort(tf.random.stateless_uniform([b, 3], seed=k_perm), axis=-1)
+            keys = tf.random.stateless_uniform([b, 3], seed=k_perm) + (1.0 - on)[:, None] * tf.range(3.0) * 10.0
+            perm = tf.argsort(keys, axis=-1)  # the identity where the sample is not augmented
             x = tf.gather(x, perm, axis=3, batch_dims=1)
-            batch[key] = x * tf.random.stateless_uniform([b, 1, 1, 3], seed=k_gain, minval=0.6, maxval=1.4)
+            gain = tf.random.stateless_uniform([b, 1, 1, 3], seed=k_gain, minval=0.6, maxval=1.4)
+            on4 = on[:, None, None, None]
+            batch[key] = x * (on4 * gain + (1.0 - on4))
         return step, batch
 
     return ds.map(shuffle)
@@ -267,13 +287,17 @@ def run_training(cfg: dict, out: str, data: TrainData, *, strategy: str = "auto"
 
     # the stream of global batches from the first step this process runs (a pure function of seed and step)
     start_step = start * steps
+    ramp_epochs = train_cfg.get("augment_ramp_epochs", 0)
+    if not isinstance(ramp_epochs, int) or isinstance(ramp_epochs, bool) or ramp_epochs < 0:
+        raise CVGLError(f"train.augment_ramp_epochs must be a whole number of epochs >= 0, got {ramp_epochs!r}")
+    ramp_steps = ramp_epochs * steps
     ds = data.train_dataset(batch_size, seed, start_step).enumerate(start=start_step)
     if train_cfg.get("azimuth_roll"):
         if not get_spec(cfg["input_spec"]).polar:
             raise CVGLError("train.azimuth_roll needs a polar aerial input (input_spec.polar: true)")
-        ds = azimuth_roll(ds, seed)
+        ds = azimuth_roll(ds, seed, ramp_steps)
     if train_cfg.get("colour_shuffle"):
-        ds = colour_shuffle(ds, seed)
+        ds = colour_shuffle(ds, seed, ramp_steps)
     nan_at = os.environ.get(NAN_ENV)
     if nan_at:
         ds = _inject_nan(ds, int(nan_at))
