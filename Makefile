@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test test-fast demo bench clean
 
 setup: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): requirements.txt
 # Two workers: the suite is mostly TensorFlow graph building, which parallelises well across processes.
 test: setup
 	$(PY) -m pytest -n 2
+
+# The fast lane for the edit loop: everything but the tests marked slow (learning, resume, golden step, demo).
+test-fast: setup
+	$(PY) -m pytest -n 2 -m "not slow"
 
 demo: setup
 	$(PY) -m experiments.demo --out demo_out
