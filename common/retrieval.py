@@ -414,7 +414,7 @@ def true_match_ranks(query, reference, chunk_size: int = DEFAULT_CHUNK, backend:
                     bar.update(1)
             ranks[a0:a1] = cnt
             if return_ties:
-                ties[a0:a1] = le - cnt
+                ties[a0:a1] = np.maximum(le - cnt, 0)  # >= 0 even when a score overflows to inf
             if bar is not None:
                 bar.update(1)
     if bar is not None:
@@ -532,7 +532,7 @@ def radius_ranks(query, reference, query_pos, reference_pos, radius_m: float = 5
         bar.close()
     ranks[~has] = nr
     if return_ties:
-        ties = np.where(has, pess - ranks, 0)
+        ties = np.where(has, np.maximum(pess - ranks, 0), 0)
         return ranks, best, ties
     return (ranks, best) if return_info else ranks
 

@@ -161,6 +161,7 @@ FRESH_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["geodtr", "mgtl"])
 def test_saved_model_in_fresh_process_matches_keras(family, request, tmp_path):
     e2e, out, meta = request.getfixturevalue(f"{family}_export")

@@ -53,6 +53,7 @@ def test_naive_and_literal_counts_at_l6_from_the_formula_checked_above():
     assert full_size_params("full", 6, literal=True) == 65_312_640
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant,steps,literal,exact,paper", CASES)
 def test_full_size_params_and_shapes(variant, steps, literal, exact, paper):
     model = MGTL(variant=variant, steps=steps, literal_block=literal, input_spec=SAFA_POLAR)
