@@ -3,7 +3,7 @@ raw-pixel baseline and chance, exported, one query localised, pictures written.
 
     python -m experiments.demo [--out demo_out]
 
-What it does (about 10 minutes on a 2-core CPU, cities included; ``--quick`` for a smoke run):
+What it does (well over 10 minutes on a 2-core CPU, see the README; ``--quick`` for a smoke run):
 
 1. writes city A (2,000 training pairs + 100 validation pairs for model selection) and city B (500 pairs,
    evaluation only) with :func:`common.synthetic.write_world` in the CVUSA layout, aerial 128 px, panorama
@@ -108,10 +108,10 @@ COMMON = {
     "train.deterministic": True,
 }
 SEED_A, SEED_B = 11, 22  # the default city pair (--seeds A B)
-# Expected seconds of each stage on an idle 2-core CPU (the README's measured demo); the ETA scales these by
-# how fast this machine has been so far.
-EXPECTED_S = {"cities": 30.0, "baseline": 10.0, "epoch": {"geodtr": 18.0, "mgtl": 17.0},
-              "after": {"geodtr": 45.0, "mgtl": 35.0}}
+# Expected seconds of each stage on an idle 2-core CPU (a GeoDTR epoch took ~60 s on the machine of the README's
+# figures); the ETA scales these by how fast this machine has been so far.
+EXPECTED_S = {"cities": 30.0, "baseline": 10.0, "epoch": {"geodtr": 60.0, "mgtl": 45.0},
+              "after": {"geodtr": 60.0, "mgtl": 45.0}}
 # the localised query: this pair of city A's val split (never trained on), against all of that split's aerials
 LOCALISE_QUERY = 0
 
