@@ -273,9 +273,13 @@ class ResumeState(keras.callbacks.BackupAndRestore):
         keys = ["epoch"] + sorted({k for h in self.state.history for k in h} - {"epoch", "epoch_time_s"}) + [
             "epoch_time_s"]
         lines = [",".join(keys)]
+        def cell(v):  # a missing or non-finite value is an empty cell (as it reads back from state.json)
+            if v is None or (isinstance(v, float) and not math.isfinite(v)):
+                return ""
+            return repr(v) if isinstance(v, float) else str(v)
+
         for h in self.state.history:
-            lines.append(",".join("" if h.get(k) is None else repr(h[k]) if isinstance(h.get(k), float)
-                                  else str(h[k]) for k in keys))
+            lines.append(",".join(cell(h.get(k)) for k in keys))
         atomic_write_text(self.csv_path, "\n".join(lines) + "\n")
 
     def on_train_end(self, logs=None):
