@@ -4,18 +4,10 @@ Prints one JSON line: the max abs differences of loss, gradients and updated wei
 """
 
 import json
-import os
-import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ["KERAS_BACKEND"] = "tensorflow"
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import _two_cpu_replicas  # noqa: F401  (first: two logical CPUs, TensorFlow backend, project on the path)
+import numpy as np
+import tensorflow as tf  # noqa: F401
 
 import keras  # noqa: E402
 
