@@ -9,7 +9,6 @@ augmentations (the held-out pairs are of the same city).
 """
 
 import math
-import os
 import warnings
 
 import pytest
