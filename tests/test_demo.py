@@ -3,7 +3,7 @@ layout the issue names, demo_results.json, the pictures, the export, and the loc
 through the demo's own export (its true match must be among the top 5 of city A's val aerials).
 
 The full-size demo (`make demo`, both models, about 10 minutes) is measured by hand; its figures are in the
-README. This test runs the same code path with `--train 256 --val-a 16 --val-b 50 --epochs 20 --models mgtl`.
+README. This test runs the same code path with `--train 256 --val-a 16 --val-b 50 --epochs 10 --models mgtl`.
 """
 
 import json
@@ -18,7 +18,7 @@ def test_demo_end_to_end_reduced(tmp_path):
 
     out = tmp_path / "demo"
     args = ["--out", str(out), "--models", "mgtl", "--train", "256", "--val-a", "16", "--val-b", "50",
-            "--epochs", "20", "--workers", "1"]
+            "--epochs", "10", "--workers", "1"]
     assert demo.main(args) == 0
 
     results = json.loads((out / "demo_results.json").read_text())

@@ -263,6 +263,9 @@ def run_training(cfg: dict, out: str, data: TrainData, *, strategy: str = "auto"
         model(data.example, training=False)
         optimizer = build_optimizer(train_cfg.get("optimizer"), precision=precision, num_replicas=replicas)
         model.compile(optimizer=optimizer, jit_compile=False)
+        # Optimizer slots made now, not in the first step: a tf.function that creates variables is traced
+        # twice, and the optimizer's update is most of the trace (GeoDTR's first step: 108 s -> 53 s)
+        model.optimizer.build(model.trainable_variables)
 
     # One pass of the dataset is one epoch; it is repeated and cut into epochs by steps_per_epoch, so a
     # shorter --steps-per-epoch still walks through all the data over the epochs.
