@@ -2,7 +2,7 @@
 layout the issue names, demo_results.json, the pictures, the export, and the localisation of a held-out query
 through the demo's own export (its true match must be among the top 5 of city A's val aerials).
 
-The full-size demo (`make demo`, both models, about 10 minutes) is measured by hand; its figures are in the
+The full-size demo (`make demo`, both models, 23m36s on the README's 2-core machine) is measured by hand; its figures are in the
 README. This test runs the same code path with `--train 256 --val-a 16 --val-b 50 --epochs 10 --models mgtl`.
 """
 
