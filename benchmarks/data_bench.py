@@ -3,7 +3,7 @@
     python -m benchmarks.data_bench [--pairs 24] [--batches 10] [--batch-size 8] [--repeats 20]
 
 1. Polar transform of one full-size CVUSA aerial image (750 x 750 x 3) to 122x671 and 112x616: the float64
-   reference (:func:`common.polar.polar_transform`) vs the fast path (:func:`polar_transform_fast`), both
+   reference (:func:`common.data.polar.polar_transform`) vs the fast path (:func:`polar_transform_fast`), both
    measured in this run; the speed target is checked as a ratio (fast >= 50x the reference). Also the whole
    offline precompute per image as ``experiments.prepare`` does it (JPEG decode, polar, PNG encode).
 2. tf.data pairs/s on one core (private thread pool of 1, intra-op parallelism 1) on a toy CVUSA folder at
@@ -35,8 +35,8 @@ def _best_time(fn, repeats):
 def polar_table(repeats: int) -> list:
     import cv2
 
-    from common.data.toy import _smooth_image
-    from common.polar import polar_transform, polar_transform_fast
+    from common.synthetic.toy import _smooth_image
+    from common.data.polar import polar_transform, polar_transform_fast
 
     rng = np.random.default_rng(0)
     img = _smooth_image(rng, 750)
@@ -56,9 +56,9 @@ def pipeline_table(pairs: int, batches: int, batch_size: int) -> list:
 
     from common.data.pipeline import make_dataset
     from common.data.readers import read_split
-    from common.data.specs import GEODTR_POLAR, GEODTR_RAW, SAFA_POLAR
-    from common.data.toy import write_toy_cvusa
-    from experiments import prepare
+    from common.data.prepare import prepare_dataset
+    from common.models.registry import families
+    from common.synthetic.toy import write_toy_cvusa
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -71,13 +71,23 @@ def pipeline_table(pairs: int, batches: int, batch_size: int) -> list:
     import io
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        prepare.main(["--dataset", "cvusa", "--root", prepared, "--workers", "1"])
+        prepare_dataset("cvusa", prepared, workers=1)
     opts = tf.data.Options()
     opts.threading.private_threadpool_size = 1
     opts.threading.max_intra_op_parallelism = 1
     rows = []
-    cases = [(GEODTR_POLAR, prepared, "prepared"), (GEODTR_POLAR, raw, "on the fly"),
-             (SAFA_POLAR, prepared, "prepared"), (GEODTR_RAW, raw, "raw aerial")]
+    # every input spec of the registered families: polar ones from the prepared maps (the first also with the
+    # polar transform on the fly), raw ones from the aerial images
+    specs = sorted({s.name: s for f in families().values() for s in f.input_specs}.values(), key=lambda s: s.name)
+    cases, fly = [], True
+    for spec in specs:
+        if spec.polar:
+            cases.append((spec, prepared, "prepared"))
+            if fly:
+                cases.append((spec, raw, "on the fly"))
+                fly = False
+        else:
+            cases.append((spec, raw, "raw aerial"))
     for spec, root, source in cases:
         recs = read_split("cvusa", root, "train")
         for augment in (None, "strong"):

@@ -37,29 +37,15 @@ TARGET = 0.9
 
 
 def build(family: str, size: str):
+    """The family's paper-size model or its tiny variant (``Family.tiny``), random weights."""
     import warnings
 
-    from common.data.specs import GEODTR_POLAR, SAFA_POLAR
+    from common.models.registry import get_family
 
-    if family == "geodtr":
-        from geodtr_tf import build_model
-
-        spec = GEODTR_POLAR if size == "full" else GEODTR_POLAR.replace(name="tiny", ground_size=(32, 176),
-                                                                           aerial_size=(32, 176))
-        cfg = {"backbone_weights": "random"}
-        if size == "tiny":
-            cfg.update(num_descriptors=2, num_layers=1, num_heads=1, ffn_dim=32)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return build_model(cfg, spec)
-    import mgtl_tf
-
-    spec = SAFA_POLAR if size == "full" else SAFA_POLAR.replace(name="tiny", ground_size=(32, 160),
-                                                                 aerial_size=(32, 160))
-    cfg = {"backbone_weights": None}
-    if size == "tiny":
-        cfg.update(vgg_widths=[4, 4, 8, 8, 8], dim=16, heads=2, mlp_dim=32, generator_dim=32, steps=2)
-    return mgtl_tf.build_model(cfg, spec)
+    fam = get_family(family)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fam.build_full() if size == "full" else fam.build_tiny()
 
 
 def _time(fn, x):
@@ -69,11 +55,11 @@ def _time(fn, x):
     return time.perf_counter() - w0, time.process_time() - c0
 
 
-def bench(family="geodtr", size="full", batch=8, reps=5, seed=0):
+def bench(family, size="full", batch=8, reps=5, seed=0):
     import tensorflow as tf
 
-    from common.export import load_export, write_export
-    from common.preprocess import end_to_end
+    from common.serving.export import load_export, write_export
+    from common.serving.preprocess import end_to_end
 
     model = build(family, size)
     e2e = end_to_end(model)
@@ -127,7 +113,11 @@ def format_table(res: dict) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.export_bench",
                                 description="Exported SavedModel vs in-process Keras model: embedding images/s.")
-    p.add_argument("--family", choices=("geodtr", "mgtl"), default="geodtr", help="model family to export")
+    from common.models.registry import family_names
+
+    names = family_names()
+    p.add_argument("--family", choices=names, default=names[0],
+                   help=f"model family to export (default {names[0]}; any of {', '.join(names)})")
     p.add_argument("--size", choices=("full", "tiny"), default="full",
                    help="full: the paper's input sizes and widths; tiny: a seconds-long smoke run")
     p.add_argument("--batch", type=int, default=8, help="images per call")

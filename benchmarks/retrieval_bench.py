@@ -5,7 +5,7 @@
 
 For every N and protocol a fresh child process generates N random unit query descriptors and N references
 (reference = normalised query + noise, so ranks are non-trivial; float32, seeded), then ranks them with
-:mod:`common.retrieval` and reports:
+:mod:`common.evaluation.retrieval` and reports:
 
 * ``time``: wall seconds of the ranking (the whole recall computation: ranks once, then a histogram);
 * ``floor``: 2 N^2 d FLOPs divided by this machine's matmul rate, measured in the same child on blocks of the
@@ -100,7 +100,7 @@ def dense_ranks(q, r) -> np.ndarray:
 
 
 def child(args) -> dict:
-    from common import retrieval
+    from common.evaluation import retrieval
 
     n, d = args.child, args.d
     q, r = make_data(n, d, seed=args.seed)

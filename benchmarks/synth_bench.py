@@ -101,7 +101,7 @@ def _arrays(root, split, size):
     import cv2
 
     from common.data.readers import read_split
-    from common.polar import polar_transform_fast
+    from common.data.polar import polar_transform_fast
 
     g, a = [], []
     for rec in read_split("cvusa", root, split):
@@ -132,8 +132,8 @@ def cross_city(tmp, n_train=2000, n_val=500, epochs=12, size=(32, 176), batch=32
     """Train on city A, evaluate on city B; returns (model recall dict, raw-pixel recall dict) on city B."""
     import keras
 
-    from common.losses import soft_margin_triplet
-    from common.retrieval import recall_at_k
+    from common.training.losses import soft_margin_triplet
+    from common.evaluation.retrieval import recall_at_k
     from common.synthetic.baseline import raw_pixel_baseline
 
     a_root, b_root = os.path.join(tmp, "cityA"), os.path.join(tmp, "cityB")

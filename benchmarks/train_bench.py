@@ -127,7 +127,7 @@ def quick_config(cfg: dict, factor: int, batch: int) -> dict:
 def bench_config(cfg: dict, precision: str, steps: int, warmup: int) -> dict:
     import keras
 
-    from common.config import build_model
+    from common.models.config import build_model
     from common.data.specs import get_spec
     from common.training.optim import build_optimizer, set_precision
 
@@ -189,7 +189,9 @@ def determinism_table(args) -> int:
     import json
     import subprocess
 
-    configs = args.configs or ["geodtr_cvusa_polar_ls", "mgtl_cvusa_full"]
+    from common.models.registry import families
+
+    configs = args.configs or [f.demo["config"] for _, f in sorted(families().items()) if f.demo]
     child = [sys.executable, "-m", "benchmarks.train_bench", "--precisions", "off", "--warmup", str(args.warmup)]
     if args.quick:
         child.append("--quick")
@@ -234,7 +236,7 @@ def main(argv=None) -> int:
         return determinism_table(args)
     import keras
 
-    from common.config import config_paths, load_config
+    from common.models.config import config_paths, load_config
 
     if args.op_determinism:  # a child of --determinism: one config, one mode, one JSON line
         import json
@@ -253,7 +255,7 @@ def main(argv=None) -> int:
 
     paths = args.configs or config_paths()
     if not paths:
-        raise CVGLError("no configs found in geodtr_tf/configs or mgtl_tf/configs; pass --configs")
+        raise CVGLError("no configs found in the registered families' config folders; pass --configs")
     steps = args.steps or (2 if args.quick else 5)
     factor = args.size_factor if args.size_factor else (0 if args.quick else 1)
     gpu = _has_gpu()

@@ -27,17 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.convert_weights", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 2)[2])
-    p.add_argument("--model", required=True, choices=("geodtr", "resnet34"),
-                   help="what the checkpoint holds: an official GeoDTR model or a torchvision resnet34")
+    from common.models import registry
+
+    converters = {name: fam for fam in registry.families().values() for name in fam.converters}
+    p.add_argument("--model", required=True, choices=sorted(converters),
+                   help="what the checkpoint holds: " + ", ".join(f"{n} ({converters[n].name} family)"
+                                                                 for n in sorted(converters)))
     p.add_argument("--checkpoint", required=True, help="PyTorch state dict: .pth (needs torch), .safetensors, .npz")
     p.add_argument("--out", required=True, help="output .keras file")
-    p.add_argument("--polar", dest="polar", action="store_true", default=None,
-                   help="GeoDTR: the checkpoint is the polar variant (122x671 aerial); default: read from the file")
-    p.add_argument("--no-polar", dest="polar", action="store_false",
-                   help="GeoDTR: the checkpoint is the non-polar variant (256x256 raw aerial)")
-    p.add_argument("--heads", type=int, default=4,
-                   help="GeoDTR: attention heads of the checkpoint (not stored in the weights; paper: 4)")
-    p.add_argument("--dropout", type=float, default=0.3, help="GeoDTR: dropout for further training (paper: 0.3)")
+    registry.add_options(p, "convert")
     return p
 
 
@@ -45,19 +43,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if not args.out.endswith(".keras"):
         raise CVGLError(f"--out {args.out}: the output must end with .keras")
-    from geodtr_tf.convert import convert_geodtr, convert_resnet34, read_state_dict
+    from common.backbones.torch_weights import read_state_dict
+    from common.models import registry
 
+    convert = next(fam.converters[args.model] for fam in registry.families().values() if args.model in fam.converters)
     sd = read_state_dict(args.checkpoint)
-    if args.model == "resnet34":
-        model = convert_resnet34(sd, source=args.checkpoint)
-        what = f"ResNet-34 trunk, {model.count_params():,} numbers"
-    else:
-        model = convert_geodtr(sd, polar=args.polar, num_heads=args.heads, dropout=args.dropout,
-                               source=args.checkpoint)
-        n = sum(int(v.numpy().size) for v in model.trainable_weights)
-        variant = "polar" if model.input_spec_.polar else "non-polar"
-        what = (f"GeoDTR ({variant}, K={model.num_descriptors}, {model.num_layers} layers, "
-                f"{model.num_heads} heads, FFN {model.ffn_dim}), {n:,} parameters")
+    model, what = convert(sd, args)
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
     tmp = os.path.join(out_dir, f".tmp-{os.getpid()}-{os.path.basename(args.out)}")

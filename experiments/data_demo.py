@@ -3,7 +3,7 @@
     python -m experiments.data_demo --out demo_out/data [--pairs 8] [--seed 0]
 
 1. writes a tiny CVUSA-layout world (the synthetic city renderer of :mod:`common.synthetic`; if it is not
-   available or fails, simple toy images in the same layout from :mod:`common.data.toy`),
+   available or fails, simple toy images in the same layout from :mod:`common.synthetic.toy`),
 2. runs ``experiments.prepare`` on it (layout check, counts table, polar maps for GeoDTR 122x671 and
    SAFA/MGTL 112x616),
 3. builds one augmented training batch with the tf.data pipeline (GeoDTR polar spec, layout simulation and
@@ -34,12 +34,12 @@ def write_world(root: str, pairs: int, seed: int) -> str:
               workers=1, progress=False, contact_sheet=False)
         return "synthetic city (common.synthetic)"
     except Exception as exc:  # noqa: BLE001 - the demo must run even while the renderer is being built
-        from common.data.toy import write_toy_cvusa
+        from common.synthetic.toy import write_toy_cvusa
 
         print(f"note: synthetic world unavailable ({type(exc).__name__}: {exc}); writing toy images instead",
               file=sys.stderr)
         write_toy_cvusa(root, n_train=pairs, n_val=n_val, aerial_size=192, pano_size=(56, 308), seed=seed)
-        return "toy images (common.data.toy)"
+        return "toy images (common.synthetic.toy)"
 
 
 def picture(path, records, plain, augmented, spec, n_rows):
@@ -87,6 +87,9 @@ def main(argv=None) -> int:
                    "OUT/data_demo.png)")
     p.add_argument("--pairs", type=int, default=8, help="training pairs in the tiny world (default 8)")
     p.add_argument("--seed", type=int, default=0, help="world and augmentation seed (default 0)")
+    p.add_argument("--spec", default="geodtr_polar",
+                   help="a polar input spec of a registered family, whose pipeline is shown (default geodtr_polar; "
+                        "python -m experiments.families lists them)")
     args = p.parse_args(argv)
     if args.pairs < 4:
         raise CVGLError("--pairs must be at least 4 (one batch of 4 is shown)")
@@ -98,23 +101,28 @@ def main(argv=None) -> int:
         print(f"1. wrote {args.pairs} + 2 pairs of {what} in the CVUSA layout to {root}")
     else:
         print(f"1. reusing the world in {root}")
-    from experiments import prepare
+    from common.data.prepare import prepare_dataset
 
     print("2. python -m experiments.prepare --dataset cvusa --root", root)
-    prepare.main(["--dataset", "cvusa", "--root", root, "--workers", "1"])
+    prepare_dataset("cvusa", root, workers=1)
 
     from common.data.pipeline import make_dataset
     from common.data.readers import read_split
-    from common.data.specs import GEODTR_POLAR
+    from common.data.specs import get_spec
 
+    spec = get_spec(args.spec)
+    if not spec.polar:
+        from common.errors import CVGLError
+
+        raise CVGLError(f"--spec {args.spec}: the data demo shows the polar pipeline; give a polar input spec")
     records = read_split("cvusa", root, "train")[:4]
-    plain = next(iter(make_dataset(records, GEODTR_POLAR, 4, training=False)))
-    augmented = next(iter(make_dataset(records, GEODTR_POLAR, 4, training=True, shuffle=False,
+    plain = next(iter(make_dataset(records, spec, 4, training=False)))
+    augmented = next(iter(make_dataset(records, spec, 4, training=True, shuffle=False,
                                        augment="strong", seed=args.seed)))
     print(f"3. batches: ground {tuple(plain['ground'].shape)}, aerial {tuple(plain['aerial'].shape)}, "
           f"values in [{float(plain['ground'].numpy().min()):.2f}, {float(plain['ground'].numpy().max()):.2f}]")
     out = os.path.join(args.out, "data_demo.png")
-    picture(out, records, plain, augmented, GEODTR_POLAR, 4)
+    picture(out, records, plain, augmented, spec, 4)
     print(f"4. picture: {out}  ({time.time() - t0:.1f} s in all)")
     return 0
 

@@ -3,7 +3,7 @@ raw-pixel baseline and chance, exported, one query localised, pictures written.
 
     python -m experiments.demo [--out demo_out]
 
-What it does (well over 10 minutes on a 2-core CPU, see the README; ``--quick`` for a smoke run):
+What it does (well over 10 minutes on a 2-core CPU, see docs/training.md; ``--quick`` for a smoke run):
 
 1. writes city A (2,000 training pairs + 100 validation pairs for model selection) and city B (500 pairs,
    evaluation only) with :func:`common.synthetic.write_world` in the CVUSA layout, aerial 128 px, panorama
@@ -40,16 +40,13 @@ downloaded here):
   token width 64 with 4 heads (384, 6), MLP/generators 128 (1536), Adam 2e-4 constant (1e-5), LS + SA
   augmentation as GeoDTR uses (none), 12 epochs (150).
 
-Measured (``python -m experiments.demo --out DIR``, fresh folder): see the README's demo section.
+Measured (``python -m experiments.demo --out DIR``, fresh folder): see docs/training.md, the demo section.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
-import sys
 import time
 import warnings
 
@@ -57,47 +54,14 @@ import numpy as np
 
 from common.errors import CVGLError, run_cli
 
-MODELS = {
-    "geodtr": {
-        "config": "geodtr_cvusa_polar_ls",
-        "epochs": 16,
-        # GeoDTR from random weights sits at log 2 (every descriptor alike), and so does the official PyTorch
-        # code from the same weights and batches (the regime, not a defect: README). With the azimuth roll and
-        # colour shuffle from the first step it leaves log 2 after a delay that is effectively random (~300
-        # steps on one CPU, more than 500 on another). Ramping the two in over the first 4 epochs
-        # (train.augment_ramp_epochs) lets it leave log 2 in the first epoch on every run measured (loss 0.45
-        # after epoch 2). The strong LS + SA augmentation keeps it collapsed, so it is off.
-        "overrides": {
-            # 32x192: stride 16 gives 2x12 positions, token width 12 = a multiple of the 4 heads (176 is not)
-            "input_spec.ground_size": [32, 192],
-            "input_spec.aerial_size": [32, 192],
-            "model.backbone_widths": [16, 32, 64, 64],
-            "model.ffn_dim": 256,
-            "model.dropout": 0.0,
-            "model.backbone_weights": "random",
-            "augment": {"layout_simulation": "none", "semantic": "none"},
-            "train.optimizer.learning_rate": 1.0e-3,
-            "train.schedule.name": "constant",
-            "train.augment_ramp_epochs": 4,
-        },
-    },
-    "mgtl": {
-        "config": "mgtl_cvusa_full",
-        "epochs": 12,
-        "overrides": {
-            "model.vgg_widths": [8, 16, 32, 64, 64],
-            "model.steps": 2,
-            "model.dim": 64,
-            "model.heads": 4,
-            "model.mlp_dim": 128,
-            "model.generator_dim": 128,
-            "model.backbone_weights": None,
-            "train.optimizer.learning_rate": 2.0e-4,
-            "augment": {"layout_simulation": "strong", "semantic": "strong"},
-            "train.augment_ramp_epochs": 4,
-        },
-    },
-}
+def demo_recipes() -> dict:
+    """family name -> its demo recipe (``Family.demo``: config, epochs, overrides, expected seconds), every
+    registered family that has one."""
+    from common.models.registry import families
+
+    return {name: fam.demo for name, fam in sorted(families().items()) if fam.demo}
+
+
 COMMON = {
     "input_spec.ground_size": [32, 176],
     "input_spec.aerial_size": [32, 176],
@@ -108,10 +72,9 @@ COMMON = {
     "train.deterministic": True,
 }
 SEED_A, SEED_B = 11, 22  # the default city pair (--seeds A B)
-# Expected seconds of each stage on an idle 2-core CPU (a GeoDTR epoch took ~60 s on the machine of the README's
-# figures); the ETA scales these by how fast this machine has been so far.
-EXPECTED_S = {"cities": 30.0, "baseline": 10.0, "epoch": {"geodtr": 60.0, "mgtl": 27.0},
-              "after": {"geodtr": 60.0, "mgtl": 45.0}}
+# Expected seconds of the shared stages on an idle 2-core CPU (each family's recipe gives its own epoch and
+# after-training seconds); the ETA scales these by how fast this machine has been so far.
+EXPECTED_S = {"cities": 30.0, "baseline": 10.0}
 # the localised query: this pair of city A's val split (never trained on), against all of that split's aerials
 LOCALISE_QUERY = 0
 
@@ -121,15 +84,17 @@ def build_parser():
                                 epilog=__doc__[__doc__.index("Differences from the paper"):],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out); rerunning resumes")
-    p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["geodtr", "mgtl"],
-                   help="which models to train (default both)")
+    recipes = demo_recipes()
+    p.add_argument("--models", nargs="+", choices=sorted(recipes), default=sorted(recipes),
+                   help="which model families to train (default all with a demo recipe: "
+                        + " ".join(sorted(recipes)) + ")")
     p.add_argument("--train", type=int, default=2000, help="training pairs of city A (default 2000)")
     p.add_argument("--val-a", type=int, default=100,
                    help="validation pairs of city A, for model selection (default 100)")
     p.add_argument("--val-b", type=int, default=500, help="evaluation pairs of the unseen city B (default 500)")
     p.add_argument("--epochs", type=int, default=None,
                    help="training epochs for every model (default: each model's demo epochs, "
-                        + ", ".join(f"{k} {v['epochs']}" for k, v in MODELS.items()) + ")")
+                        + ", ".join(f"{k} {v['epochs']}" for k, v in recipes.items()) + ")")
     p.add_argument("--seeds", type=int, nargs=2, metavar=("A", "B"), default=[SEED_A, SEED_B],
                    help=f"world seeds of city A (training) and city B (unseen, evaluation); default {SEED_A} {SEED_B}")
     p.add_argument("--workers", type=int, default=2, help="processes writing the synthetic cities (default 2)")
@@ -153,9 +118,10 @@ class DemoClock:
         self.t0 = time.time()
         self.cpu0 = self.cpu()
         self.plan = {"cities": EXPECTED_S["cities"], "baseline": EXPECTED_S["baseline"]}
+        recipes = demo_recipes()
         for m in models:
-            self.plan.update({f"{m}/epoch{e}": EXPECTED_S["epoch"][m] for e in range(1, epochs[m] + 1)})
-            self.plan[f"{m}/after"] = EXPECTED_S["after"][m]
+            self.plan.update({f"{m}/epoch{e}": recipes[m]["expected_epoch_s"] for e in range(1, epochs[m] + 1)})
+            self.plan[f"{m}/after"] = recipes[m]["expected_after_s"]
         self.done = set()
 
     @staticmethod
@@ -211,10 +177,10 @@ def write_cities(out, n_train, n_val_a, n_val_b, workers, seeds=(SEED_A, SEED_B)
 
 def demo_config(model_name, epochs=None):
     """(resolved config, marked overrides) of ``model_name``'s demo run."""
-    from common.config import load_config
+    from common.models.config import load_config
     from common.training import recipe
 
-    spec = MODELS[model_name]
+    spec = demo_recipes()[model_name]
     cfg = load_config(spec["config"])
     overrides = dict(COMMON)
     overrides.update(spec["overrides"])
@@ -226,7 +192,8 @@ def train_model(cfg, marked, root_a, run_dir, extra_callbacks=()):
     """Train the resolved demo config on city A (its val split selects the best epoch); returns the results."""
     from common.data.specs import get_spec
     from common.training import recipe
-    from common.training.runner import records_data, run_training
+    from common.training.data import records_data
+    from common.training.runner import run_training
 
     data = records_data(cfg, root_a, get_spec(cfg["input_spec"]), seed=0, val_split="val", embed_batch_size=64)
     data.val_note = (f"city A val ({data.n_val} pairs), for model selection only; city B is never used in "
@@ -238,8 +205,8 @@ def train_model(cfg, marked, root_a, run_dir, extra_callbacks=()):
 
 
 def evaluate_on(model, records, spec, batch_size=64):
-    from common.embedding import embed_records
-    from common.retrieval import recall_at_k
+    from common.evaluation.embedding import embed_records
+    from common.evaluation.retrieval import recall_at_k
 
     g, a = embed_records(model, records, spec, batch_size, progress=False)
     return recall_at_k(g, a, ks=(1, 5, 10), return_ranks=True), g, a
@@ -252,12 +219,9 @@ def _checkpoint(run_dir) -> str:
 
 
 def _load_best(run_dir):
-    import keras
+    from common.serving.loading import load_keras_model
 
-    import geodtr_tf  # noqa: F401  (registers the classes)
-    import mgtl_tf  # noqa: F401
-
-    return keras.saving.load_model(_checkpoint(run_dir), compile=False)
+    return load_keras_model(_checkpoint(run_dir), "checkpoint")
 
 
 def recall_figure(curves: dict, baseline_curve, chance_curve, out_png, title):
@@ -319,16 +283,16 @@ def retrieval_grid(records, g, a, out_png, title, n_queries=5, top=5):
 
 
 def model_pictures(name, model, record, run_dir):
-    out = os.path.join(run_dir, f"{name}_{'layout_descriptors' if name == 'geodtr' else 'attention'}.png")
+    """The family's picture (``Family.visualize``) of one held-out pair, or None when it has none."""
+    from common.models.registry import get_family
+
+    family = get_family(name)
+    if family.visualize is None:
+        return None
+    out = os.path.join(run_dir, f"{name}_{family.demo.get('picture', 'picture')}.png")
     try:
-        if name == "geodtr":
-            from geodtr_tf.visualize import show_descriptors
-
-            show_descriptors(model, record.ground, record.aerial, out, title=f"GeoDTR layout descriptors, {record.id}")
-        else:
-            from mgtl_tf.visualize import show_attention
-
-            show_attention(model, record.ground, record.aerial, out, title=f"MGTL attention, {record.id}")
+        family.visualize(model, record.ground, record.aerial, out,
+                         argparse.Namespace(title=f"{name} {family.visualize_what}, {record.id}"))
         return out
     except Exception as exc:  # a picture must not sink the demo; say so
         _say(f"  ({name} picture not written: {type(exc).__name__}: {exc})")
@@ -336,29 +300,40 @@ def model_pictures(name, model, record, run_dir):
 
 
 def export_and_localise(run_dir, export_dir, root, query, work):
-    """experiments.export -> experiments.index build (the val aerials of ``root``) -> experiments.localize of
-    ``query`` (a record of that split); returns a summary dict."""
-    from experiments import export as export_cmd
-    from experiments import index as index_cmd
-    from experiments import localize as localize_cmd
+    """Export the run (``common.serving.export``), index the val aerials of ``root``
+    (``common.serving.index``) and localise ``query`` (a record of that split) among them
+    (``common.serving.localize``): the three steps of experiments.export / index / localize, as a library.
+    Returns a summary dict."""
+    from common.data.readers import read_split
+    from common.serving.export import load_export, model_card, write_export
+    from common.serving.index import build_index, load_index, read_rgb
+    from common.serving.loading import load_trained_model, resolve_run
+    from common.serving.localize import find_true_id, localize, save_picture
+    from common.serving.preprocess import end_to_end
 
-    if os.path.isdir(export_dir):
-        shutil.rmtree(export_dir)
-    export_cmd.main(["--run", run_dir, "--out", export_dir])
-    index = os.path.join(work, "city_a_val_index.npz")
-    if os.path.exists(index):
-        os.remove(index)
-    index_cmd.main(["build", "--export", export_dir, "--dataset", "cvusa", "--root", root, "--split", "val",
-                    "--out", index])
+    cfg, ckpt, results = resolve_run(run_dir)
+    write_export(end_to_end(load_trained_model(ckpt, cfg)), export_dir, cfg, results=results, overwrite=True,
+                 model_card=model_card)
+    export = load_export(export_dir)
+    index_path = os.path.join(work, "city_a_val_index.npz")
+    if os.path.exists(index_path):
+        os.remove(index_path)
+    build_index(export, read_split("cvusa", root, "val"), index_path,
+                description={"dataset": "cvusa", "split": "val", "root": os.path.abspath(root)})
+    index = load_index(index_path)
+    image = read_rgb(query.ground, "query image")
+    found = localize(export, index, image, k=min(5, len(index)), true_id=find_true_id(query.ground, index.ids))
+    found.update(query=os.path.abspath(query.ground), index=index.path, export=export.path)
     loc_dir = os.path.join(work, "localize")
-    localize_cmd.main(["--export", export_dir, "--index", index, "--query", query.ground, "--top-k", "5",
-                       "--out", loc_dir])
-    found = [os.path.join(loc_dir, f) for f in sorted(os.listdir(loc_dir)) if f.endswith(".json")]
-    result = {"status": "done", "export": export_dir, "index": index, "query": query.ground}
-    if found:
-        with open(found[-1]) as fh:
-            result["localize"] = json.load(fh)
-    return result
+    os.makedirs(loc_dir, exist_ok=True)
+    stem = os.path.splitext(os.path.basename(query.ground))[0]
+    loc_path = os.path.join(loc_dir, f"{stem}.json")
+    from common.training.callbacks import atomic_write_json
+
+    atomic_write_json(loc_path, found)
+    save_picture(image, found, os.path.join(loc_dir, f"{stem}.png"), title=f"query {os.path.basename(query.ground)}")
+    return {"status": "done", "export": export_dir, "index": index_path, "query": query.ground, "localize": found,
+            "localize_json": loc_path}
 
 
 def _fmt(v):
@@ -378,7 +353,7 @@ def main(argv=None) -> int:
     seeds = tuple(args.seeds)
     if seeds[0] == seeds[1]:
         raise CVGLError(f"--seeds {seeds[0]} {seeds[1]}: city B must be another city than city A (two different seeds)")
-    clock = DemoClock(args.models, {m: args.epochs or MODELS[m]["epochs"] for m in args.models})
+    clock = DemoClock(args.models, {m: args.epochs or demo_recipes()[m]["epochs"] for m in args.models})
 
     from common.data.readers import read_split
     from common.data.specs import get_spec
@@ -430,7 +405,7 @@ def main(argv=None) -> int:
         _say(f"{name} on city B: R@1 {metrics['R@1']:.2f}  R@5 {metrics['R@5']:.2f}  R@10 {metrics['R@10']:.2f}  "
              f"R@1% {metrics['R@1%']}  ({ratio:.1f}x the raw-pixel R@1)")
         if metrics["collapsed"]:
-            from common.collapse import collapse_line
+            from common.evaluation.collapse import collapse_line
 
             _say("  " + collapse_line(metrics["collapse_reasons"], f"{name} on city B"))
 

@@ -4,7 +4,7 @@
     python -m experiments.evaluate --dataset cvact --split test --root DATA/CVACT --export exports/geodtr_act
 
 Embeds both views of the split (progress bar), ranks every ground query against every aerial image with
-:mod:`common.retrieval` (chunked, exact, never the N x N matrix), prints a table, and writes a JSON file and a
+:mod:`common.evaluation.retrieval` (chunked, exact, never the N x N matrix), prints a table, and writes a JSON file and a
 recall-curve PNG next to it.
 
 Protocols (SAFA / GeoDTR evaluators for CVUSA and CVACT_val; OriCNN ``RecallGeo.m`` for CVACT_test):
@@ -37,19 +37,6 @@ HEADLINE = ("R@1", "R@5", "R@10", "R@1%")
 # ------------------------------------------------------------------------------------------------------
 # loading the model
 # ------------------------------------------------------------------------------------------------------
-def _register_families() -> list:
-    """Import the model families so their layers are registered for ``.keras`` loading."""
-    import importlib
-
-    problems = []
-    for name in ("geodtr_tf", "mgtl_tf", "mgtl_tf.safa"):
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # noqa: BLE001 - a broken family must not hide the others
-            problems.append(f"{name}: {exc}")
-    return problems
-
-
 def config_hash(cfg) -> str | None:
     """sha256 (first 12 hex digits) of a resolved config, key-order independent (as the training run)."""
     from common.training.recipe import config_hash as _hash
@@ -58,24 +45,16 @@ def config_hash(cfg) -> str | None:
 
 
 def _read_yaml(path: str) -> dict:
-    from common.config import read_yaml_mapping
+    from common.models.config import read_yaml_mapping
 
     return read_yaml_mapping(path, "restore it or pass --weights FILE.keras")
 
 
 def load_keras_model(path: str):
-    import keras
+    """A cross-view model (or an export's end-to-end model) from a ``.keras`` file."""
+    from common.serving.loading import load_keras_model as _load
 
-    require_file(path, "model file", "pass a .keras file written by training (RUN/checkpoints/best.keras)")
-    if not path.endswith(".keras"):
-        raise CVGLError(f"--weights expects a .keras model file, got {path} (export directories go to --export)")
-    problems = _register_families()
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        hint = f" (model families failed to import: {'; '.join(problems)})" if problems else ""
-        raise CVGLError(f"cannot load model {path}: {first}{hint}; is it a complete .keras file?") from None
+    model = _load(path)
     if not (hasattr(model, "embed_ground") and hasattr(model, "embed_aerial")):
         raise CVGLError(f"{path} holds a {type(model).__name__}, not a cross-view model with embed_ground/"
                         "embed_aerial")
@@ -106,26 +85,10 @@ def load_source(args):
     export_dir = require_dir(args.export, "export directory", "pass the --out directory of experiments.export")
     cfg_path = os.path.join(export_dir, "config.yaml")
     cfg = _read_yaml(cfg_path) if os.path.isfile(cfg_path) else None
-    load_export = None
-    if os.path.isfile(os.path.join(export_dir, "export.json")):  # a full export: verify its fingerprint
-        try:
-            from common.export import load_export
-        except ImportError:
-            pass
-    if load_export is not None:
-        model = load_export(export_dir)
-    else:  # a bare SavedModel with the two raw-image endpoints
-        import tensorflow as tf
+    from common.serving.export import load_export
 
-        sm = require_dir(os.path.join(export_dir, "saved_model"), "SavedModel", "re-run experiments.export")
-        try:
-            model = tf.saved_model.load(sm)
-        except Exception as exc:  # noqa: BLE001
-            raise CVGLError(f"cannot load the SavedModel in {sm} ({str(exc)[:200]}); re-run experiments.export") \
-                from None
-        for name in ("embed_ground", "embed_aerial"):
-            if not hasattr(model, name):
-                raise CVGLError(f"the SavedModel in {sm} has no {name} endpoint; re-run experiments.export")
+    # export.json, its fingerprint and the graph check are all required: a SavedModel is a program
+    model = load_export(export_dir)
     name = (cfg or {}).get("name") or os.path.basename(os.path.normpath(export_dir))
     return model, True, {"kind": "export", "path": os.path.abspath(export_dir), "config": (cfg or {}).get("name"),
                          "config_hash": config_hash(cfg), "model": name}
@@ -157,7 +120,7 @@ def format_table(result: dict) -> str:
     lines.append(f"  embed {result['time']['embed_s']:.1f} s, retrieval {result['time']['retrieval_s']:.1f} s "
                  f"({result['backend']}, {result['dtype']})")
     if guard.get("collapsed"):
-        from common.collapse import collapse_line
+        from common.evaluation.collapse import collapse_line
 
         lines.append("  " + collapse_line(guard["collapse_reasons"], "these numbers are not a result"))
     return "\n".join(lines)
@@ -273,8 +236,8 @@ def main(argv=None) -> int:
 
     from common.data.readers import read_split
     from common.data.records import positions_array
-    from common.embedding import embed_records
-    from common.retrieval import recall_at_k
+    from common.evaluation.embedding import embed_records
+    from common.evaluation.retrieval import recall_at_k
 
     records = read_split(args.dataset, args.root, args.split, allow_missing=args.allow_missing)
     if not records:

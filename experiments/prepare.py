@@ -12,7 +12,7 @@
    crop (rows 208:624 of 832) to ``streetview_processed/``. In parallel (``--workers`` processes), with a
    progress bar; finished outputs are skipped (resumable) and every file is written to a temporary name
    and renamed (atomic: a kill never leaves a half-written image). Polar maps use the fast path
-   (:func:`common.polar.polar_transform_fast`, rounded to uint8).
+   (:func:`common.data.polar.polar_transform_fast`, rounded to uint8).
 3. Images that cannot be decoded (both images of every pair with work to do are decoded; ``--verify``
    decodes finished pairs too), aerial images that are not square, aerial images whose size differs from
    the others, and panoramas with the wrong aspect ratio are listed by name; the command fails unless
@@ -25,99 +25,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-from common.errors import CVGLError, run_cli
-
-DEFAULT_SIZES = ("122x671", "112x616")
-
-
-def parse_size(text: str) -> tuple:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-        if h <= 0 or w <= 0:
-            raise ValueError
-    except ValueError:
-        raise CVGLError(f"--sizes: {text!r} is not HxW (e.g. 122x671)") from None
-    return h, w
-
-
-def _atomic_write(path: str, image_bgr) -> None:
-    import cv2
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.tmp{os.getpid()}{ext}"
-    if not cv2.imwrite(tmp, image_bgr):
-        raise CVGLError(f"cannot write {tmp}; check free space and permissions")
-    os.replace(tmp, path)
-
-
-def _job(args):
-    """Check and prepare one pair. Returns (id, problem or None, n_written).
-
-    Both images are decoded and checked whenever the pair has work to do (or ``verify``); a pair whose
-    outputs all exist is skipped without decoding (resume), unless ``verify``.
-    """
-    import cv2
-
-    from common.data.readers import GROUND_ASPECT, crop_rows
-    from common.polar import polar_transform_fast
-
-    rid, dataset, aerial, ground, polar_outputs, crop_out, aerial_size, verify = args
-    todo = [(size, out) for size, out in polar_outputs if not os.path.isfile(out)]
-    need_crop = crop_out is not None and not os.path.isfile(crop_out)
-    if not (todo or need_crop or verify):
-        return rid, None, 0
-    img = cv2.imread(aerial, cv2.IMREAD_COLOR)
-    if img is None:
-        return rid, f"unreadable image {aerial}", 0
-    if img.shape[0] != img.shape[1]:
-        return rid, f"aerial image {aerial} is {img.shape[0]}x{img.shape[1]}, not square", 0
-    if tuple(img.shape[:2]) != tuple(aerial_size):
-        return rid, (f"aerial image {aerial} is {img.shape[0]}x{img.shape[1]}, the others are "
-                     f"{aerial_size[0]}x{aerial_size[1]}"), 0
-    grd = cv2.imread(ground, cv2.IMREAD_COLOR)
-    if grd is None:
-        return rid, f"unreadable image {ground}", 0
-    aspect = grd.shape[1] / grd.shape[0]
-    if abs(aspect / GROUND_ASPECT[dataset] - 1.0) > 0.02:
-        return rid, (f"panorama {ground} is {grd.shape[0]}x{grd.shape[1]}, expected width/height "
-                     f"{GROUND_ASPECT[dataset]:.2f}"), 0
-    written = 0
-    for (h, w), out in todo:
-        _atomic_write(out, polar_transform_fast(img, h, w))  # BGR in, BGR out: per-channel transform
-        written += 1
-    if need_crop:
-        top, bottom = crop_rows(grd.shape[0])
-        _atomic_write(crop_out, grd[top:bottom])
-        written += 1
-    return rid, None, written
-
-
-def _size_of(path):
-    import cv2
-
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    return None if img is None else img.shape[:2]
-
-
-def _write_bad_pairs(root, problems, checked_ok) -> None:
-    """Record bad pairs in ROOT/bad_pairs.txt so every reader drops (allow_missing) or refuses them; pairs
-    decoded fine in this run (``checked_ok``) are taken off the list."""
-    from common.data.readers import BAD_PAIRS_FILE, read_bad_pairs
-
-    path = os.path.join(root, BAD_PAIRS_FILE)
-    table = {k: v for k, v in read_bad_pairs(root).items() if k not in checked_ok}
-    table.update({rid: problem for rid, problem in problems})
-    if not table:
-        if os.path.isfile(path):
-            os.remove(path)
-        return
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        fh.writelines(f"{rid}\t{problem}\n" for rid, problem in sorted(table.items()))
-    os.replace(tmp, path)
+from common.data.prepare import DEFAULT_SIZES, prepare_dataset
+from common.errors import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,101 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def counts_table(dataset: str, rows) -> str:
-    from common.data.readers import PUBLISHED_COUNTS
-
-    head = f"{'split':<7}{'listed':>9}{'missing':>9}{'usable':>9}{'published':>11}  note"
-    lines = [head, "-" * len(head)]
-    for split, listed, missing, usable in rows:
-        pub = PUBLISHED_COUNTS[dataset][split]
-        note = "" if usable == pub else ("subset/synthetic or incomplete copy" if usable < pub else "more than published")
-        lines.append(f"{split:<7}{listed:>9,}{missing:>9,}{usable:>9,}{pub:>11,}  {note}")
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from common.data.readers import SPLITS, check_missing, find_missing, list_split, prepared_polar_path
-
-    sizes = [parse_size(s) for s in args.sizes]
-    splits = args.splits or list(SPLITS[args.dataset])
-    for s in splits:
-        if s not in SPLITS[args.dataset]:
-            raise CVGLError(f"--splits: {args.dataset} has no split {s!r}; use {' '.join(SPLITS[args.dataset])}")
-    if args.workers < 1:
-        raise CVGLError("--workers must be at least 1")
-
-    # 1. layout and counts
-    per_split, rows, any_missing = {}, [], []
-    for split in splits:
-        records = list_split(args.dataset, args.root, split)
-        missing = find_missing(records)
-        any_missing += [(split, m) for m in missing]
-        per_split[split] = records
-        rows.append((split, len(records), len(missing), len(records) - len(missing)))
-    print(f"{args.dataset.upper()} at {os.path.abspath(args.root)}")
-    print(counts_table(args.dataset, rows))
-    for split in splits:
-        per_split[split] = check_missing(per_split[split], f"{args.dataset}/{split}", args.allow_missing)
-
-    # every aerial image of a dataset must have one size (the polar grid and the 'wrong size' check)
-    first = next((recs[0] for recs in per_split.values() if recs), None)
-    if first is None:
-        raise CVGLError(f"{args.root}: no usable pairs; check the layout")
-    ref = _size_of(first.aerial)
-    if ref is None:
-        raise CVGLError(f"unreadable image {first.aerial}; re-download it or drop the pair (--allow-missing)")
-    if ref[0] != ref[1]:
-        raise CVGLError(f"aerial image {first.aerial} is {ref[0]}x{ref[1]}, not square; the polar transform "
-                        "needs square aerial images (is --dataset right?)")
-    if args.check_only:
-        print(f"check only: layout ok, aerial images {ref[0]}x{ref[1]}; nothing written")
-        return 0
-
-    # 2. precompute
-    jobs, seen = [], set()
-    for split, recs in per_split.items():
-        for r in recs:
-            if r.aerial in seen:  # CVACT val and test share pairs
-                continue
-            seen.add(r.aerial)
-            outs = [(size, prepared_polar_path(r, size)) for size in sizes]
-            jobs.append((r.id, args.dataset, r.aerial, r.ground, outs, r.ground_prepared, ref, args.verify))
-    problems, written, checked_ok = [], 0, set()
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(jobs), desc="prepare", unit="pair", file=sys.stderr, disable=None)
-    if args.workers == 1 or len(jobs) < 8:
-        results = map(_job, jobs)
-        pool = None
-    else:
-        import multiprocessing as mp
-
-        pool = mp.get_context("spawn").Pool(args.workers)
-        results = pool.imap_unordered(_job, jobs, chunksize=max(1, min(64, len(jobs) // (args.workers * 8))))
-    try:
-        for rid, problem, n in results:
-            written += n
-            if problem:
-                problems.append((rid, problem))
-            elif n or args.verify:
-                checked_ok.add(rid)
-            bar.update(1)
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.close()
-            pool.join()
-    for rid, problem in problems:
-        print(f"{'dropped' if args.allow_missing else 'bad'} pair {rid}: {problem}", file=sys.stderr)
-    print(f"prepared {len(jobs) - len(problems):,} pair(s), wrote {written:,} file(s) "
-          f"(polar sizes {', '.join(f'{h}x{w}' for h, w in sizes)}"
-          f"{'; CVACT ground crops' if args.dataset == 'cvact' else ''}); finished files were skipped")
-    _write_bad_pairs(args.root, problems, checked_ok)
-    if problems and not args.allow_missing:
-        raise CVGLError(f"{len(problems)} pair(s) have bad images (listed above, first: {problems[0][1]}); "
-                        "replace those files, or pass --allow-missing to drop the pairs")
-    return 0
+    return prepare_dataset(args.dataset, args.root, sizes=args.sizes, splits=args.splits, workers=args.workers,
+                           check_only=args.check_only, allow_missing=args.allow_missing, verify=args.verify)
 
 
 if __name__ == "__main__":

@@ -25,13 +25,13 @@ from common.errors import CVGLError, require_dir, run_cli
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m experiments.train",
-        description="Train a cross-view model from a paper-row config (GeoDTR, MGTL, SAFA) over model.fit.",
+        description="Train a cross-view model from a paper-row config (any registered family: python -m experiments.families) over model.fit.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="overrides: dotted keys into the config with YAML values, e.g.\n"
-               "  input_spec.ground_size=[32,176]  model.layers=1  train.optimizer.learning_rate=1e-3",
+               "  input_spec.ground_size=[32,192]  model.num_layers=1  train.optimizer.learning_rate=1e-3",
     )
     p.add_argument("--config", required=True,
-                   help="a config YAML path, or the name of one shipped in geodtr_tf/configs or mgtl_tf/configs")
+                   help="a config YAML path, or the name of one shipped with a family (python -m experiments.families lists them)")
     p.add_argument("--root", required=True, help="dataset folder in the CVUSA or CVACT layout (the config's dataset)")
     p.add_argument("--out", required=True, help="run directory (created; an existing one of the same config is resumed)")
     p.add_argument("--epochs", type=int, help="override train.epochs (the schedule spans this many epochs)")
@@ -59,10 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from common.config import load_config
+    from common.models.config import load_config
     from common.data.specs import get_spec
     from common.training import recipe
-    from common.training.runner import records_data, run_training
+    from common.training.data import records_data
+    from common.training.runner import run_training
 
     require_dir(args.root, "dataset folder (--root)", "point --root at a folder in the CVUSA or CVACT layout, "
                 "e.g. one written by python -m experiments.synth")

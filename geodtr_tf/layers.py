@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras import initializers, layers, ops
 
 LN_EPSILON = 1e-5
@@ -54,9 +55,9 @@ class IndexAwarePositionEncoding(layers.Layer):
         self.num_descriptors = int(num_descriptors)
         self.width = int(width)
         self.dropout_rate = float(dropout)
-        self.dropout = layers.Dropout(self.dropout_rate)
+        self.dropout = layers.Dropout(self.dropout_rate, dtype=self.dtype_policy)
 
-    def build(self, input_shape=None):
+    def build(self, tokens_shape=None, u_shape=None):
         self.linear = self.add_weight(name="linear", shape=(self.num_positions, self.num_descriptors, self.width),
                                       initializer=initializers.RandomNormal(0.0, 0.005))
         self.embedding_parameter = self.add_weight(name="embedding_parameter",
@@ -87,7 +88,7 @@ class MultiHeadSelfAttention(layers.Layer):
         super().__init__(**kwargs)
         self.num_heads = int(num_heads)
         self.dropout_rate = float(dropout)
-        self.attn_dropout = layers.Dropout(self.dropout_rate)
+        self.attn_dropout = layers.Dropout(self.dropout_rate, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         d = int(input_shape[-1])
@@ -137,19 +138,21 @@ class TransformerEncoderLayer(layers.Layer):
         self.num_heads = int(num_heads)
         self.ffn_dim = int(ffn_dim)
         self.dropout_rate = float(dropout)
-        self.self_attn = MultiHeadSelfAttention(self.num_heads, self.dropout_rate, name="self_attn")
-        self.dropout1 = layers.Dropout(self.dropout_rate)
-        self.dropout = layers.Dropout(self.dropout_rate)  # inside the FFN
-        self.dropout2 = layers.Dropout(self.dropout_rate)
-        self.norm1 = layers.LayerNormalization(epsilon=LN_EPSILON, name="norm1")
-        self.norm2 = layers.LayerNormalization(epsilon=LN_EPSILON, name="norm2")
+        dt = self.dtype_policy
+        self.self_attn = MultiHeadSelfAttention(self.num_heads, self.dropout_rate, name="self_attn", dtype=dt)
+        self.dropout1 = layers.Dropout(self.dropout_rate, dtype=dt)
+        self.dropout = layers.Dropout(self.dropout_rate, dtype=dt)  # inside the FFN
+        self.dropout2 = layers.Dropout(self.dropout_rate, dtype=dt)
+        self.norm1 = layers.LayerNormalization(epsilon=LN_EPSILON, name="norm1", dtype=dt)
+        self.norm2 = layers.LayerNormalization(epsilon=LN_EPSILON, name="norm2", dtype=dt)
 
     def build(self, input_shape):
         d = int(input_shape[-1])
+        dt = self.dtype_policy
         self.linear1 = layers.Dense(self.ffn_dim, kernel_initializer=_linear_init(d),
-                                    bias_initializer=_linear_init(d), name="linear1")
+                                    bias_initializer=_linear_init(d), name="linear1", dtype=dt)
         self.linear2 = layers.Dense(d, kernel_initializer=_linear_init(self.ffn_dim),
-                                    bias_initializer=_linear_init(self.ffn_dim), name="linear2")
+                                    bias_initializer=_linear_init(self.ffn_dim), name="linear2", dtype=dt)
         self.self_attn.build(input_shape)
         self.linear1.build(input_shape)
         self.linear2.build(tuple(input_shape[:-1]) + (self.ffn_dim,))
@@ -203,22 +206,25 @@ class LayoutTransformer(layers.Layer):
         self.num_heads = int(num_heads)
         self.ffn_dim = int(ffn_dim)
         self.dropout_rate = float(dropout)
+        dt = self.dtype_policy
         self.pos_encoder = IndexAwarePositionEncoding(num_positions, num_descriptors, width, dropout,
-                                                      name="pos_encoder")
-        self.encoder_layers = [TransformerEncoderLayer(num_heads, ffn_dim, dropout, name=f"layers_{i}")
-                               for i in range(self.num_layers)]
-        self.norm = layers.LayerNormalization(epsilon=LN_EPSILON, name="norm")
+                                                      name="pos_encoder", dtype=dt)
+        self.encoder_layers = [TransformerEncoderLayer(num_heads, ffn_dim, dropout, name=f"layers_{i}",
+                                                       dtype=dt) for i in range(self.num_layers)]
+        self.norm = layers.LayerNormalization(epsilon=LN_EPSILON, name="norm", dtype=dt)
 
-    def build(self, input_shape=None):
+    def build(self, tokens_shape=None, u_shape=None):
         shape = (None, self.num_descriptors, self.width)
-        self.pos_encoder.build(shape)
+        self.pos_encoder.build(shape, (None, self.num_positions))
         for layer in self.encoder_layers:
             layer.build(shape)
         self.norm.build(shape)
-        # torch.nn.TransformerEncoder deep-copies one layer: all layers start from identical weights
+        # torch.nn.TransformerEncoder deep-copies one layer: all layers start from identical weights. The
+        # values are copied through NumPy so that no two variables share a buffer (under JAX an assign of one
+        # variable to another aliases the array, and a jitted train step cannot donate it twice).
         for layer in self.encoder_layers[1:]:
             for dst, src in zip(layer.weights, self.encoder_layers[0].weights):
-                dst.assign(src)
+                dst.assign(np.array(ops.convert_to_numpy(src.value), copy=True))
 
     def call(self, tokens, u, training=None, return_intermediates=False):
         x = self.pos_encoder(tokens, u, training=training)
@@ -263,7 +269,7 @@ class GeometricLayoutExtractor(layers.Layer):
         if self.num_layers:
             self.tr_module = LayoutTransformer(self.num_positions, self.num_descriptors, self.width,
                                                self.num_layers, self.num_heads, self.ffn_dim, self.dropout_rate,
-                                               name="tr_module")
+                                               name="tr_module", dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
         n, k, d = self.num_positions, self.num_descriptors, self.width
@@ -339,5 +345,6 @@ def layout_descriptor_pooling(r, p, normalize=True):
     r = ops.cast(r, "float32")
     p = ops.cast(p, "float32")
     f = ops.einsum("bnc,bnk->bck", r, p)
-    f = ops.reshape(f, (ops.shape(f)[0], -1))
+    c, k = f.shape[1], f.shape[2]  # static C·K when known, so symbolic shapes keep the descriptor length
+    f = ops.reshape(f, (-1, c * k) if c is not None and k is not None else (ops.shape(f)[0], -1))
     return l2_normalize(f) if normalize else f

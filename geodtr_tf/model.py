@@ -25,8 +25,9 @@ from keras import ops
 
 from common.backbones.resnet import ResNet34
 from common.errors import CVGLError
-from common.losses import counterfactual_loss, soft_margin_triplet
-from common.model_base import CrossViewModel
+from geodtr_tf.losses import counterfactual_loss
+from common.training.losses import soft_margin_triplet
+from common.models.base import CrossViewModel
 from geodtr_tf.layers import GeometricLayoutExtractor, hardtanh, layout_descriptor_pooling
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class GeoDTR(CrossViewModel):
         for view, size in (("ground", spec.ground_size), ("aerial", spec.aerial_size)):
             n = feature_positions(size)
             if n % 2:
-                raise CVGLError(f"input spec {spec.name}: the {view} size {size[0]}x{size[1]} gives N={n} backbone "
+                raise ValueError(f"input spec {spec.name}: the {view} size {size[0]}x{size[1]} gives N={n} backbone "
                                 f"positions; GeoDTR's layout extractor needs an even N (D = N/2): change the size "
                                 f"so that ceil(H/16)*ceil(W/16) is even (122x671 -> 8x42, 256x256 -> 16x16)")
         gle = dict(num_descriptors=self.num_descriptors, num_layers=self.num_layers, num_heads=self.num_heads,
@@ -73,10 +74,13 @@ class GeoDTR(CrossViewModel):
         # official attribute names: backbone_grd / backbone_sat / ge_grd / ge_sat
         # backbone_widths: None = ResNet-34's (64, 128, 256, 512); smaller only for CPU demos / tests
         self.backbone_widths = None if backbone_widths is None else [int(w) for w in backbone_widths]
-        self.backbone_ground = ResNet34(widths=self.backbone_widths, name="backbone_grd")
-        self.backbone_aerial = ResNet34(widths=self.backbone_widths, name="backbone_sat")
-        self.gle_ground = GeometricLayoutExtractor(feature_positions(spec.ground_size), name="ge_grd", **gle)
-        self.gle_aerial = GeometricLayoutExtractor(feature_positions(spec.aerial_size), name="ge_sat", **gle)
+        dt = self.dtype_policy  # every sublayer computes in the model's policy (mixed_float16, float64, ...)
+        self.backbone_ground = ResNet34(widths=self.backbone_widths, name="backbone_grd", dtype=dt)
+        self.backbone_aerial = ResNet34(widths=self.backbone_widths, name="backbone_sat", dtype=dt)
+        self.gle_ground = GeometricLayoutExtractor(feature_positions(spec.ground_size), name="ge_grd",
+                                                   dtype=dt, **gle)
+        self.gle_aerial = GeometricLayoutExtractor(feature_positions(spec.aerial_size), name="ge_sat",
+                                                   dtype=dt, **gle)
         # P̂ ~ U(-1, 1): a SeedGenerator's state advances inside the graph, so every step draws fresh noise
         self.cf_seed = keras.random.SeedGenerator(seed)
 
@@ -162,10 +166,7 @@ class GeoDTR(CrossViewModel):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        for key in ("trainable", "dtype"):
-            config.pop(key, None)
-        model = cls(**config)
+        model = cls(**config)  # dtype (a policy config) and trainable go to keras.Model as they are
         model.build()
         return model
 
@@ -194,7 +195,7 @@ def resolve_backbone_weights(value):
 
 
 def build_model(model_cfg: dict, input_spec) -> GeoDTR:
-    """GeoDTR from the ``model`` section of a config (see common/config.py).
+    """GeoDTR from the ``model`` section of a config (see common/models/config.py).
 
     Keys (all optional; the paper values are the defaults): num_descriptors 8, num_layers 2, num_heads 4,
     ffn_dim 2048, dropout 0.3, counterfactual true, alpha 10, beta 5, seed null, backbone_weights (see
@@ -216,7 +217,7 @@ def build_model(model_cfg: dict, input_spec) -> GeoDTR:
         warnings.warn(msg, stacklevel=2)
         log.warning(msg)
     elif weights != "random":
-        from geodtr_tf.convert import load_resnet34_weights
+        from common.backbones.resnet import load_resnet34_weights
 
         load_resnet34_weights(model.backbone_ground, weights)
         load_resnet34_weights(model.backbone_aerial, weights)

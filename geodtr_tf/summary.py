@@ -13,7 +13,7 @@ softmax, LayerNorm and the L2 norm are not counted (they are O(activations), < 1
 from __future__ import annotations
 
 from common.backbones.resnet import conv_flops
-from common.data.specs import GEODTR_POLAR, GEODTR_RAW
+from geodtr_tf.specs import GEODTR_POLAR, GEODTR_RAW
 
 OFFICIAL_PARAMS = {True: 48_508_608, False: 47_515_808}
 OFFICIAL_SOURCE = "official GeoDTR.py, instantiated"
@@ -51,7 +51,8 @@ def _count(layers, trainable=True) -> int:
 def summarize(args) -> dict:
     from geodtr_tf.model import build_model, feature_positions
 
-    polar = bool(getattr(args, "polar", True))
+    polar = getattr(args, "polar", None)
+    polar = True if polar is None else bool(polar)  # the paper's polar model unless --no-polar
     spec = GEODTR_POLAR if polar else GEODTR_RAW
     model = build_model({"backbone_weights": "random"}, spec)  # full size, random weights, no data
     components = [{"name": name, "params": _count(layers)} for name, layers in model.components().items()]

@@ -8,7 +8,7 @@ upsampled to the image and drawn with a diverging colour map (red +1, blue −1)
   polar-transformed for polar models, a non-square one is taken as a polar map already);
 * :func:`layout_maps` -- {"ground", "aerial"}: (K, h, w) descriptor maps of a GeoDTR model;
 * :func:`draw_layout` -- the PNG (written atomically);
-* :func:`show_descriptors` -- all three from file paths; :func:`load_geodtr` -- any checkpoint.
+* :func:`show_descriptors` -- all three from file paths (models load with :func:`common.serving.loading.load_model`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def prepare_pair(spec, ground_rgb, aerial_rgb):
     a = np.asarray(aerial_rgb)
     ah, aw = spec.aerial_size
     if spec.polar and a.shape[0] == a.shape[1]:
-        from common.polar import polar_transform_fast
+        from common.data.polar import polar_transform_fast
 
         a = polar_transform_fast(a, ah, aw)
     elif not spec.polar and a.shape[0] != a.shape[1]:
@@ -115,31 +115,6 @@ def draw_layout(ground_img, aerial_img, maps, out_png, title="", alpha=0.55) -> 
     return out_png
 
 
-def load_geodtr(path, polar=None, num_heads=4):
-    """A GeoDTR from any checkpoint: our ``.keras`` (training checkpoint, converted file, or an export's
-    model.keras) or an official PyTorch file (.pth/.safetensors/.npz, converted on the fly)."""
-    from geodtr_tf.model import GeoDTR
-
-    require_file(path, "GeoDTR weights", "give a .keras checkpoint or an official .pth/.safetensors/.npz file")
-    if str(path).endswith(".keras"):
-        import keras
-
-        import common.preprocess  # noqa: F401  (an export's model.keras wraps the model)
-
-        try:
-            model = keras.saving.load_model(path, compile=False)
-        except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise CVGLError(f"cannot load {path} as a Keras model ({first})") from None
-        inner = getattr(model, "model", None)
-        if not isinstance(model, GeoDTR) and isinstance(inner, GeoDTR):
-            model = inner
-        if not isinstance(model, GeoDTR):
-            raise CVGLError(f"{path} holds a {type(model).__name__}, not a GeoDTR model")
-        return model
-    from geodtr_tf.convert import convert_geodtr, read_state_dict
-
-    return convert_geodtr(read_state_dict(path), polar=polar, num_heads=num_heads, source=str(path))
 
 
 def show_descriptors(model, ground_path, aerial_path, out_png, title="") -> dict:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from common.errors import CVGLError
 
 
 @keras.saving.register_keras_serializable(package="cvgl")
@@ -65,7 +64,7 @@ class PositionalEmbedding(layers.Layer):
     def build(self, input_shape):
         _, n, d = input_shape
         if n is None:
-            raise CVGLError("PositionalEmbedding needs a fixed number of tokens (input width known at build)")
+            raise ValueError("PositionalEmbedding needs a fixed number of tokens (input width known at build)")
         self.embedding = self.add_weight(name="embedding", shape=(int(n), int(d)),
                                          initializer=keras.initializers.RandomNormal(stddev=self.stddev))
         if self.norm is not None:
@@ -104,9 +103,9 @@ class CrossModalGenerator(layers.Layer):
     def __init__(self, dim=384, hidden=1536, kind="mlp", kernel_size=3, **kwargs):
         super().__init__(**kwargs)
         if kind not in ("mlp", "conv"):
-            raise CVGLError(f"CrossModalGenerator: kind must be 'mlp' or 'conv' (naive), got {kind!r}")
+            raise ValueError(f"CrossModalGenerator: kind must be 'mlp' or 'conv' (naive), got {kind!r}")
         if kind == "conv" and kernel_size % 2 != 1:
-            raise CVGLError(f"CrossModalGenerator: kernel_size must be odd for circular padding, got {kernel_size}")
+            raise ValueError(f"CrossModalGenerator: kernel_size must be odd for circular padding, got {kernel_size}")
         self.dim, self.hidden, self.kind, self.kernel_size = int(dim), int(hidden), kind, int(kernel_size)
         names = ("encoder_in", "encoder_out", "decoder_in", "decoder_out")
         widths = (self.hidden, self.dim, self.hidden, self.dim)
@@ -153,17 +152,23 @@ class GenerativeKnowledgeTransformer(layers.Layer):
     "w/o CMI" ablation: self-attention). ``return_attention=True`` also returns the (B, heads, N, N) weights.
     """
 
-    def __init__(self, dim=384, heads=6, mlp_dim=1536, literal=False, epsilon=1e-6, **kwargs):
+    @classmethod
+    def from_config(cls, config):
+        from common.models.base import rename_legacy_keys
+
+        return super().from_config(rename_legacy_keys(config, {"heads": "num_heads", "mlp_dim": "ffn_dim"}))
+
+    def __init__(self, dim=384, num_heads=6, ffn_dim=1536, literal=False, epsilon=1e-6, **kwargs):
         super().__init__(**kwargs)
-        if dim % heads:
-            raise CVGLError(f"GenerativeKnowledgeTransformer: dim {dim} is not divisible by heads {heads}")
-        self.dim, self.heads, self.mlp_dim = int(dim), int(heads), int(mlp_dim)
+        if dim % num_heads:
+            raise ValueError(f"GenerativeKnowledgeTransformer: dim {dim} is not divisible by num_heads {num_heads}")
+        self.dim, self.num_heads, self.ffn_dim = int(dim), int(num_heads), int(ffn_dim)
         self.literal, self.epsilon = bool(literal), epsilon
-        self.attention = layers.MultiHeadAttention(self.heads, self.dim // self.heads, name="cross_attention",
+        self.attention = layers.MultiHeadAttention(self.num_heads, self.dim // self.num_heads, name="cross_attention",
                                                    dtype=self.dtype_policy)
         self.norm = layers.LayerNormalization(epsilon=epsilon, name="norm", dtype=self.dtype_policy)
         if not self.literal:
-            self.ffn_in = layers.Dense(self.mlp_dim, activation="gelu", name="ffn_in", dtype=self.dtype_policy)
+            self.ffn_in = layers.Dense(self.ffn_dim, activation="gelu", name="ffn_in", dtype=self.dtype_policy)
             self.ffn_out = layers.Dense(self.dim, name="ffn_out", dtype=self.dtype_policy)
 
     def build(self, tokens_shape, memory_shape=None):
@@ -172,7 +177,7 @@ class GenerativeKnowledgeTransformer(layers.Layer):
         self.norm.build(tokens_shape)
         if not self.literal:
             self.ffn_in.build(tokens_shape)
-            self.ffn_out.build(tuple(tokens_shape[:-1]) + (self.mlp_dim,))
+            self.ffn_out.build(tuple(tokens_shape[:-1]) + (self.ffn_dim,))
         self.built = True
 
     def call(self, tokens, memory, return_attention=False):
@@ -187,8 +192,15 @@ class GenerativeKnowledgeTransformer(layers.Layer):
     def compute_output_shape(self, tokens_shape, memory_shape=None):
         return tokens_shape
 
+    def compute_output_spec(self, tokens, memory, return_attention=False):
+        out = keras.KerasTensor(tokens.shape, dtype=self.compute_dtype)
+        if not return_attention:
+            return out
+        scores = (tokens.shape[0], self.num_heads, tokens.shape[1], memory.shape[1])
+        return out, keras.KerasTensor(scores, dtype=self.compute_dtype)
+
     def get_config(self):
         config = super().get_config()
-        config.update(dim=self.dim, heads=self.heads, mlp_dim=self.mlp_dim, literal=self.literal,
+        config.update(dim=self.dim, num_heads=self.num_heads, ffn_dim=self.ffn_dim, literal=self.literal,
                       epsilon=self.epsilon)
         return config

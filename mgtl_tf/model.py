@@ -32,12 +32,23 @@ from keras import layers, ops
 
 from common.backbones.vgg import VGG16_WIDTHS, VGG16Trunk
 from common.errors import CVGLError
-from common.layers import l2_normalize
-from common.losses import soft_margin_triplet, utm_far_mask
-from common.model_base import CrossViewModel
+from mgtl_tf.safa.layers import l2_normalize
+from common.training.losses import soft_margin_triplet, utm_far_mask
+from common.models.base import CrossViewModel
 from mgtl_tf.layers import CrossModalGenerator, GenerativeKnowledgeTransformer, PositionalEmbedding, TokenNeck
 
 VARIANTS = ("backbone_only", "no_cmi", "full", "naive")
+
+
+def _flatten(x):
+    """(B, ...) -> (B, prod(...)); the length is static when the shape is (so symbolic shapes keep it)."""
+    dims = tuple(x.shape[1:])
+    if any(d is None for d in dims):
+        return ops.reshape(x, (ops.shape(x)[0], -1))
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return ops.reshape(x, (-1, n))
 
 
 @keras.saving.register_keras_serializable(package="cvgl")
@@ -47,18 +58,24 @@ class MGTLTower(layers.Layer):
     ``view`` is "ground" (its generator is G2S) or "aerial" (S2G); it only names things.
     """
 
-    def __init__(self, view="ground", variant="full", steps=6, dim=384, heads=6, mlp_dim=1536,
+    @classmethod
+    def from_config(cls, config):
+        from common.models.base import rename_legacy_keys
+
+        return super().from_config(rename_legacy_keys(config, {"heads": "num_heads", "mlp_dim": "ffn_dim"}))
+
+    def __init__(self, view="ground", variant="full", steps=6, dim=384, num_heads=6, ffn_dim=1536,
                  generator_dim=1536, generator_kernel=3, vgg_widths=VGG16_WIDTHS, vgg_dropout=0.0,
                  literal_block=False, descriptor="flatten", layer_norm_epsilon=1e-6, **kwargs):
         super().__init__(**kwargs)
         if variant not in VARIANTS:
-            raise CVGLError(f"MGTL: model.variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+            raise ValueError(f"MGTL: model.variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
         if descriptor not in ("flatten", "mean"):
-            raise CVGLError(f"MGTL: model.descriptor must be 'flatten' or 'mean', got {descriptor!r}")
+            raise ValueError(f"MGTL: model.descriptor must be 'flatten' or 'mean', got {descriptor!r}")
         if variant != "backbone_only" and int(steps) < 1:
-            raise CVGLError(f"MGTL: model.steps must be >= 1, got {steps}")
+            raise ValueError(f"MGTL: model.steps must be >= 1, got {steps}")
         self.view, self.variant, self.steps = view, variant, int(steps)
-        self.dim, self.heads, self.mlp_dim = int(dim), int(heads), int(mlp_dim)
+        self.dim, self.num_heads, self.ffn_dim = int(dim), int(num_heads), int(ffn_dim)
         self.generator_dim, self.generator_kernel = int(generator_dim), int(generator_kernel)
         self.vgg_widths, self.vgg_dropout = tuple(int(w) for w in vgg_widths), float(vgg_dropout)
         self.literal_block, self.descriptor = bool(literal_block), descriptor
@@ -78,7 +95,7 @@ class MGTLTower(layers.Layer):
                 self.generators.append(CrossModalGenerator(self.dim, self.generator_dim, kind=kind,
                                                            kernel_size=self.generator_kernel,
                                                            name=f"{gen_name}_{step}", dtype=dt))
-            self.blocks.append(GenerativeKnowledgeTransformer(self.dim, self.heads, self.mlp_dim,
+            self.blocks.append(GenerativeKnowledgeTransformer(self.dim, self.num_heads, self.ffn_dim,
                                                               literal=self.literal_block,
                                                               epsilon=layer_norm_epsilon,
                                                               name=f"gkst_{step}", dtype=dt))
@@ -112,7 +129,7 @@ class MGTLTower(layers.Layer):
         fmap = self.trunk(image, training=training)
         tokens_in, generated, attention = [], [], []
         if self.variant == "backbone_only":
-            desc = ops.reshape(ops.mean(fmap, axis=1), (ops.shape(fmap)[0], -1))
+            desc = _flatten(ops.mean(fmap, axis=1))
         else:
             f = self.position(self.neck(fmap))                         # F̌⁰
             for step in range(self.steps):
@@ -122,7 +139,7 @@ class MGTLTower(layers.Layer):
                 f, scores = self.blocks[step](f, memory, return_attention=True)  # Fˡ
                 attention.append(scores)
                 f = self.step_norms[step](f)                           # F̌ˡ
-            desc = ops.reshape(f, (ops.shape(f)[0], -1)) if self.descriptor == "flatten" else ops.mean(f, axis=1)
+            desc = _flatten(f) if self.descriptor == "flatten" else ops.mean(f, axis=1)
         desc = l2_normalize(desc)
         if not return_details:
             return desc
@@ -131,8 +148,8 @@ class MGTLTower(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(view=self.view, variant=self.variant, steps=self.steps, dim=self.dim, heads=self.heads,
-                      mlp_dim=self.mlp_dim, generator_dim=self.generator_dim,
+        config.update(view=self.view, variant=self.variant, steps=self.steps, dim=self.dim, num_heads=self.num_heads,
+                      ffn_dim=self.ffn_dim, generator_dim=self.generator_dim,
                       generator_kernel=self.generator_kernel, vgg_widths=list(self.vgg_widths),
                       vgg_dropout=self.vgg_dropout, literal_block=self.literal_block,
                       descriptor=self.descriptor, layer_norm_epsilon=self.layer_norm_epsilon)
@@ -164,20 +181,22 @@ class MGTL(CrossViewModel):
     """The two-tower MGTL model (see the module docstring). Keyword arguments are the ``model:`` keys of a
     config (mgtl_tf/README.md lists them with their defaults and the paper's wording)."""
 
-    def __init__(self, variant="full", steps=6, dim=384, heads=6, mlp_dim=1536, generator_dim=1536,
+    LEGACY_KEYS = {"heads": "num_heads", "mlp_dim": "ffn_dim", "triplet_alpha": "alpha"}  # names before 2026-12
+
+    def __init__(self, variant="full", steps=6, dim=384, num_heads=6, ffn_dim=1536, generator_dim=1536,
                  generator_kernel=3, vgg_widths=VGG16_WIDTHS, vgg_dropout=0.0, literal_block=False,
-                 descriptor="flatten", layer_norm_epsilon=1e-6, triplet_alpha=10.0, generative_weight=0.05,
+                 descriptor="flatten", layer_norm_epsilon=1e-6, alpha=10.0, generative_weight=0.05,
                  stop_gradient_target=True, utm_mask=False, utm_mask_radius_m=25.0,
                  input_spec="safa_polar", **kwargs):
         super().__init__(input_spec=input_spec, **kwargs)
-        tower_cfg = dict(variant=variant, steps=steps, dim=dim, heads=heads, mlp_dim=mlp_dim,
+        tower_cfg = dict(variant=variant, steps=steps, dim=dim, num_heads=num_heads, ffn_dim=ffn_dim,
                          generator_dim=generator_dim, generator_kernel=generator_kernel, vgg_widths=vgg_widths,
                          vgg_dropout=vgg_dropout, literal_block=literal_block, descriptor=descriptor,
                          layer_norm_epsilon=layer_norm_epsilon)
         self.tower_cfg = dict(tower_cfg, vgg_widths=list(vgg_widths))
         self.ground_tower = MGTLTower(view="ground", name="ground", dtype=self.dtype_policy, **tower_cfg)
         self.aerial_tower = MGTLTower(view="aerial", name="aerial", dtype=self.dtype_policy, **tower_cfg)
-        self.triplet_alpha = float(triplet_alpha)
+        self.alpha = float(alpha)
         self.generative_weight = float(generative_weight)
         self.stop_gradient_target = bool(stop_gradient_target)
         self.utm_mask = bool(utm_mask)
@@ -247,7 +266,7 @@ class MGTL(CrossViewModel):
                 raise CVGLError("MGTL: model.utm_mask is on (CVACT's 25 m rule) but the inputs carry no "
                                 "'position'; build the dataset with positions or set model.utm_mask: false")
             mask = utm_far_mask(positions, self.utm_mask_radius_m)
-        loss = soft_margin_triplet(outputs["aerial"], outputs["ground"], alpha=self.triplet_alpha, mask=mask)
+        loss = soft_margin_triplet(outputs["aerial"], outputs["ground"], alpha=self.alpha, mask=mask)
         if "ground_generated" in outputs and self.generative_weight:
             loss = loss + generative_loss(outputs, self.generative_weight, self.stop_gradient_target)
         return loss
@@ -272,7 +291,7 @@ class MGTL(CrossViewModel):
     def get_config(self):
         config = super().get_config()
         config.update(self.tower_cfg)
-        config.update(triplet_alpha=self.triplet_alpha, generative_weight=self.generative_weight,
+        config.update(alpha=self.alpha, generative_weight=self.generative_weight,
                       stop_gradient_target=self.stop_gradient_target, utm_mask=self.utm_mask,
                       utm_mask_radius_m=self.utm_mask_radius_m)
         return config

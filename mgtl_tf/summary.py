@@ -1,7 +1,6 @@
-"""Parameter and compute report of MGTL (arXiv 2203.09135, Table 2) and SAFA (NeurIPS 2019).
+"""Parameter and compute report of MGTL (arXiv 2203.09135, Table 2); SAFA's is in mgtl_tf/safa/summary.py.
 
     python -m experiments.summary --model mgtl [--variant full] [--steps 6] [--literal-block] [--json]
-    python -m experiments.summary --model safa [--json]
 
 The model is built at full size (112x616 both views) with random weights; parameters are counted per paper
 component from the built weights and compared with the paper's figure (Table 2: VGG16 only 29.42M, w/o CMI
@@ -18,25 +17,14 @@ and norms this count leaves out (tests/test_mgtl_tools.py).
 
 from __future__ import annotations
 
-import math
 
-from common.backbones.vgg import vgg16_trunk_macs
-from common.data.specs import SAFA_POLAR
-from common.summary import count_weights
+from common.backbones.vgg import vgg16_feature_hw, vgg16_trunk_macs
+from mgtl_tf.safa.specs import SAFA_POLAR
+from mgtl_tf.safa.summary import macs_report
 
 PAPER_PARAMS = {"backbone_only": 29_420_000, "no_cmi": 50_920_000, "full": 79_270_000}
 PAPER_SOURCE = {"backbone_only": "MGTL Table 2, VGG16 only", "no_cmi": "MGTL Table 2, w/o CMI",
                 "full": "MGTL Table 2 / Table 1, MGTL"}
-SAFA_PAPER_PARAMS = 29_530_000
-MACS_NOTE = ("analytical: MACs of convolutions, dense layers and attention matmuls (QK^T, AV) of both towers "
-             "for one pair; FLOPs = 2 x MACs; element-wise ops, norms, softmax and pooling not counted")
-
-
-def _feature_hw(hw):
-    h, w = hw
-    for _ in range(5):
-        h, w = math.ceil(h / 2), math.ceil(w / 2)
-    return h, w
 
 
 def tower_macs(tower, image_hw) -> int:
@@ -44,7 +32,7 @@ def tower_macs(tower, image_hw) -> int:
     macs = vgg16_trunk_macs(*image_hw, widths=tower.vgg_widths)
     if tower.variant == "backbone_only":
         return macs
-    _, n = _feature_hw(image_hw)
+    _, n = vgg16_feature_hw(image_hw)
     d, c = tower.dim, tower.vgg_widths[-1]
     macs += n * c * d  # FCN neck
     for step in range(tower.steps):
@@ -54,7 +42,7 @@ def tower_macs(tower, image_hw) -> int:
             macs += 2 * n * k * (d * g.hidden + g.hidden * d)  # encoder + decoder
         macs += 4 * n * d * d + 2 * n * n * d  # q, k, v, output projections; QK^T and AV
         if not tower.literal_block:
-            macs += 2 * n * d * tower.mlp_dim  # FFN
+            macs += 2 * n * d * tower.ffn_dim  # FFN
     return macs
 
 
@@ -64,43 +52,8 @@ def mgtl_macs(model, ground_hw=None, aerial_hw=None) -> int:
     return tower_macs(model.ground_tower, ground_hw) + tower_macs(model.aerial_tower, aerial_hw)
 
 
-def safa_macs(model, ground_hw=None, aerial_hw=None) -> int:
-    total = 0
-    for hw, sa in ((ground_hw or model.input_spec_.ground_size, model.ground_sa),
-                   (aerial_hw or model.input_spec_.aerial_size, model.aerial_sa)):
-        total += vgg16_trunk_macs(*hw, widths=model.vgg_widths)
-        h, w = _feature_hw(hw)
-        p, c, k = h * w, model.vgg_widths[-1], sa.num_embeddings
-        total += k * (p * (p // 2) * 2) + k * p * c  # two linear maps per embedding, then aggregation
-    return total
-
-
-def _report(model, title, paper, source, macs, descriptor, trunk_macs):
-    components = [{"name": name, "params": count_weights(layers)} for name, layers in model.components().items()]
-    return {
-        "model": title,
-        "params": int(model.count_params()),
-        "paper_params": paper,
-        "paper_source": source,
-        "components": components,
-        "extra": {"descriptor": descriptor, "GMACs per pair": round(macs / 1e9, 3),
-                  "GFLOPs per pair": round(2 * macs / 1e9, 3),
-                  "GFLOPs per pair without the two VGG16 trunks": round(2 * (macs - trunk_macs) / 1e9, 3),
-                  "FLOPs counted as": MACS_NOTE},
-    }
-
-
 def summarize(args) -> dict:
-    """Report dict (common/summary.py format) for ``args.model`` in {"mgtl", "safa"}."""
-    if args.model == "safa":
-        from mgtl_tf.safa import SAFA
-
-        model = SAFA(input_spec=SAFA_POLAR)
-        model.build()
-        return _report(model, "SAFA (VGG16 x2 + spatial-aware aggregation, 112x616)", SAFA_PAPER_PARAMS,
-                       "protocol.md §3 (SAFA, NeurIPS 2019)", safa_macs(model), 8 * 512,
-                       2 * vgg16_trunk_macs(*SAFA_POLAR.ground_size))
-
+    """Report dict (common/models/summary.py format) of MGTL (``args``: variant, steps, literal_block)."""
     from mgtl_tf.model import MGTL
 
     variant = getattr(args, "variant", "full") or "full"
@@ -113,5 +66,5 @@ def summarize(args) -> dict:
     title = f"MGTL variant={variant}" + ("" if variant == "backbone_only" else f" L={steps}")
     title += " literal block" if literal and variant != "backbone_only" else ""
     desc = model.descriptor_dim()
-    return _report(model, title + " (112x616)", paper, PAPER_SOURCE.get(variant, "-"), mgtl_macs(model), desc,
+    return macs_report(model, title + " (112x616)", paper, PAPER_SOURCE.get(variant, "-"), mgtl_macs(model), desc,
                    2 * vgg16_trunk_macs(*SAFA_POLAR.ground_size))

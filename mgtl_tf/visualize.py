@@ -38,14 +38,14 @@ def read_rgb(path: str) -> np.ndarray:
 def prepare_pair(ground_rgb: np.ndarray, aerial_rgb: np.ndarray, spec):
     """Raw uint8 RGB images -> (ground input, aerial input) of the model, each (1, H, W, 3) float32.
 
-    The ground goes through :class:`common.preprocess.GroundPreprocess` (crop rule, area resize, normalise).
-    A square aerial image is polar-transformed at its own size (:class:`common.preprocess.AerialPreprocess`);
+    The ground goes through :class:`common.serving.preprocess.GroundPreprocess` (crop rule, area resize, normalise).
+    A square aerial image is polar-transformed at its own size (:class:`common.serving.preprocess.AerialPreprocess`);
     a non-square one is taken to be a polar map already and is only resized and normalised.
     """
     from keras import ops
 
     from common.data.specs import normalise
-    from common.preprocess import AerialPreprocess, GroundPreprocess
+    from common.serving.preprocess import AerialPreprocess, GroundPreprocess
 
     spec = get_spec(spec)
     ground = np.asarray(GroundPreprocess(spec)(ground_rgb[None]), dtype="float32")
@@ -113,7 +113,7 @@ def attention_figure(maps: dict, ground_rgb: np.ndarray, aerial_rgb: np.ndarray,
         ax.set_xticklabels([str(k) for k in range(0, n, max(1, n // 10))], fontsize=7)
         ax.set_yticks([])
     kind = "self-attention (w/o CMI)" if self_attention else "cross-attention"
-    heads = "mean over heads" if head == "mean" else f"head {head}"
+    which = "mean over heads" if head == "mean" else f"head {head}"
     labels = {"ground": ("ground token", "imagined aerial token (G2S)" if not self_attention else "ground token"),
               "aerial": ("aerial token", "imagined ground token (S2G)" if not self_attention else "aerial token")}
     for step in range(steps):
@@ -129,7 +129,7 @@ def attention_figure(maps: dict, ground_rgb: np.ndarray, aerial_rgb: np.ndarray,
             ax.set_xlabel(labels[view][1] + " (key)", fontsize=8)
             ax.tick_params(labelsize=6)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
-    fig.suptitle((title + "\n" if title else "") + f"MGTL {kind} per step, {heads}", fontsize=11)
+    fig.suptitle((title + "\n" if title else "") + f"MGTL {kind} per step, {which}", fontsize=11)
     out_dir = os.path.dirname(os.path.abspath(out_png))
     if not os.path.isdir(out_dir):
         raise CVGLError(f"output folder does not exist: {out_dir} (create it or choose another --out)")

@@ -14,6 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import experiments  # noqa: E402,F401  (the shipped model families, registered as for the commands)
+
 import numpy as np  # noqa: E402
 
 from common.errors import run_cli  # noqa: E402

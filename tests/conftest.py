@@ -19,3 +19,7 @@ def fixtures_dir():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+# The shipped model families (and any named in CVGL_FAMILIES) are known to the registry, as for the commands.
+import experiments  # noqa: E402,F401

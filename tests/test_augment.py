@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import augment as A
-from common.polar import polar_transform
+from common.data import augment as A
+from common.data.polar import polar_transform
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "geodtr", "layout_sim.npz")
 

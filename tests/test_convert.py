@@ -8,14 +8,9 @@ import pytest
 
 from common.data.specs import InputSpec
 from common.errors import CVGLError
-from geodtr_tf.convert import (
-    convert_geodtr,
-    convert_resnet34,
-    export_state_dict,
-    geodtr_weights,
-    load_resnet34_weights,
-    read_state_dict,
-)
+from geodtr_tf.convert import convert_geodtr, geodtr_weights
+from common.backbones.resnet import convert_resnet34, load_resnet34_weights
+from common.backbones.torch_weights import export_state_dict, read_state_dict
 from tests import geodtr_numpy_ref as ref
 
 TINY_POLAR = InputSpec("tiny_polar", (32, 96), (32, 96), True, "tanh")  # N = 2x6 = 12 both views
@@ -63,7 +58,7 @@ def test_whole_model_matches_numpy_reference_raw_from_dataparallel_keys():
     assert not model.input_spec_.polar and model.gle_aerial.num_positions == 4
     _check_against_reference(model, sd, TINY_RAW, rng)
     # an explicit polar flag that contradicts the file fails on the aerial extractor's shapes
-    from geodtr_tf.convert import assign_state_dict
+    from common.backbones.torch_weights import assign_state_dict
 
     mapping, optional = geodtr_weights(model)
     with pytest.raises(CVGLError, match=r"ge_sat.w1 has shape \(12, 2, 6\), the model needs \(4, 2, 2\)"):
@@ -74,7 +69,7 @@ def test_whole_model_matches_numpy_reference_raw_from_dataparallel_keys():
 
 
 def ref_keys_stripped(sd):
-    from geodtr_tf.convert import normalise_keys
+    from common.backbones.torch_weights import normalise_keys
 
     return normalise_keys(sd)
 
@@ -95,7 +90,7 @@ def test_official_training_checkpoint_layout_and_readers(tmp_path, tiny_sd):
 
 
 def test_missing_extra_misshaped_fail_listing_keys(converted_polar, tiny_sd):
-    from geodtr_tf.convert import assign_state_dict
+    from common.backbones.torch_weights import assign_state_dict
 
     bad = dict(tiny_sd)
     del bad["ge_sat.b2"]
@@ -113,7 +108,7 @@ def test_missing_extra_misshaped_fail_listing_keys(converted_polar, tiny_sd):
 
 
 def test_failed_load_changes_nothing(tiny_sd):
-    from geodtr_tf.convert import assign_state_dict
+    from common.backbones.torch_weights import assign_state_dict
     from geodtr_tf.layers import GeometricLayoutExtractor
 
     gle = GeometricLayoutExtractor(12, num_descriptors=2, num_layers=2, num_heads=2, ffn_dim=16)

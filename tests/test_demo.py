@@ -2,8 +2,8 @@
 layout the issue names, demo_results.json, the pictures, the export, and the localisation of a held-out query
 through the demo's own export (its true match must be among the top 5 of city A's val aerials).
 
-The full-size demo (`make demo`, both models, 23m36s on the README's 2-core machine) is measured by hand; its figures are in the
-README. This test runs the same code path with `--train 256 --val-a 16 --val-b 50 --epochs 10 --models mgtl`.
+The full-size demo (`make demo`, both models, 23m36s on a 2-core machine) is measured by hand; its figures are in
+docs/training.md. This test runs the same code path with `--train 256 --val-a 16 --val-b 50 --epochs 10 --models mgtl`.
 """
 
 import json
@@ -54,14 +54,14 @@ def test_demo_configs_build_at_demo_size(name):
     the real model class at the demo input size (one forward pass of a batch of 2 gives unit descriptors)."""
     import numpy as np
 
-    from common.config import build_model
+    from common.models.config import build_model
     from experiments import demo
 
     cfg, marked = demo.demo_config(name)
-    assert cfg["name"] == demo.MODELS[name]["config"]
-    expected = set(demo.COMMON) | set(demo.MODELS[name]["overrides"]) | {"train.epochs"}
+    assert cfg["name"] == demo.demo_recipes()[name]["config"]
+    expected = set(demo.COMMON) | set(demo.demo_recipes()[name]["overrides"]) | {"train.epochs"}
     assert set(marked) == expected
-    assert cfg["train"]["epochs"] == demo.MODELS[name]["epochs"]
+    assert cfg["train"]["epochs"] == demo.demo_recipes()[name]["epochs"]
     assert cfg["train"]["azimuth_roll"] is True and cfg["train"]["colour_shuffle"] is True
     model = build_model(cfg)
     h, w = cfg["input_spec"]["ground_size"]

@@ -1,4 +1,4 @@
-"""End-to-end tests of ``python -m experiments.evaluate`` and common.embedding on a tiny CVUSA-layout world.
+"""End-to-end tests of ``python -m experiments.evaluate`` and common.evaluation.embedding on a tiny CVUSA-layout world.
 
 The stand-in model (tests/helpers/evaluation.py) embeds an image as its normalised mean colour and pair k's
 two views share one flat colour, so the expected ranks follow from the colours alone (a NumPy oracle,
@@ -58,7 +58,7 @@ def _pipeline_or_standin(monkeypatch):
     try:
         import common.data.pipeline  # noqa: F401
     except ImportError:
-        from common import embedding
+        from common.evaluation import embedding
         from tests.helpers.evaluation import view_dataset
 
         monkeypatch.setattr(embedding, "_default_view_dataset", lambda: view_dataset)
@@ -133,7 +133,7 @@ def test_embed_records_order_and_batches(world, weights):
     import keras
 
     from common.data.readers import read_split
-    from common.embedding import embed_records
+    from common.evaluation.embedding import embed_records
 
     root, cols = world
     records = read_split("cvusa", root, "val")
@@ -156,7 +156,7 @@ def test_embed_records_order_and_batches(world, weights):
         ("missing_weights", "model file not found"),
         ("radius_without_positions", "radius protocol needs a position"),
         ("corrupt_weights", "cannot load model"),
-        ("empty_export", "SavedModel not found"),
+        ("empty_export", "not an export directory: export.json is missing"),
         ("zero_batch", "--batch-size"),
         ("not_keras", "expects a .keras"),
     ],

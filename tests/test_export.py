@@ -14,15 +14,17 @@ import numpy as np
 import pytest
 import yaml
 
-from common.data.specs import GEODTR_RAW, SAFA_POLAR, InputSpec, normalise
+from common.data.specs import InputSpec, normalise
+from geodtr_tf.specs import GEODTR_RAW
+from mgtl_tf.safa.specs import SAFA_POLAR
 from common.errors import CVGLError
-from common.export import load_export, write_export
-from common.polar import polar_transform, polar_transform_fast
-from common.preprocess import AerialPreprocess, GroundPreprocess, end_to_end, polar_any_size
+from common.serving.export import load_export, write_export
+from common.data.polar import polar_transform, polar_transform_fast
+from common.serving.preprocess import AerialPreprocess, GroundPreprocess, end_to_end, polar_any_size
 
 TINY_GEODTR = InputSpec("tiny_geodtr_polar", (32, 176), (32, 176), True, "tanh")
 TINY_SAFA = SAFA_POLAR.replace(name="tiny_safa_polar", ground_size=(32, 160), aerial_size=(32, 160))
-MGTL_TINY = {"vgg_widths": [4, 4, 8, 8, 8], "backbone_weights": None, "dim": 16, "heads": 2, "mlp_dim": 32,
+MGTL_TINY = {"vgg_widths": [4, 4, 8, 8, 8], "backbone_weights": None, "dim": 16, "num_heads": 2, "ffn_dim": 32,
              "generator_dim": 32, "steps": 2}
 S = 64  # aerial source size of the MGTL export (--aerial-size)
 

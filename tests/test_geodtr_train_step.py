@@ -145,9 +145,10 @@ def _step_gaps(now, p0, proj, z, step, keys, bn_keys):
 
 @pytest.mark.slow
 def test_three_training_steps_match_the_official_code():
-    from common.config import build_model, load_config
+    from common.models.config import build_model, load_config
     from common.training.optim import TorchAdamW, build_optimizer
-    from geodtr_tf.convert import assign_state_dict, export_state_dict, geodtr_weights, torch_shape
+    from common.backbones.torch_weights import assign_state_dict, export_state_dict, torch_shape
+    from geodtr_tf.convert import geodtr_weights
 
     t0 = time.time()
     z = np.load(FIXTURE, allow_pickle=False)
@@ -237,7 +238,7 @@ def _keras_adamw_step1_gap(optimizer, mapping, keys, p0, z):
     Keras AdamW, step 1: p1 = p0 (1 - lr wd) - lr sqrt(1 - b2) / (1 - b1) * m / (sqrt(v) + eps), with the
     moments m = (1 - b1) g and v = (1 - b2) g² that our optimizer holds after step 1 (Keras' clip differs
     from torch's only by the 1e-6 in the denominator, a 1e-8 relative change at gradient norms of ~100)."""
-    from geodtr_tf.convert import _variables, export_state_dict
+    from common.backbones.torch_weights import _variables, export_state_dict
 
     lr, wd, eps = float(z["config/lr"]), float(z["config/weight_decay"]), float(z["config/epsilon"])
     slots = {}

@@ -36,7 +36,7 @@ SIZES = {"input_spec.ground_size": [32, 128], "input_spec.aerial_size": [32, 128
 RECIPES = {
     "geodtr": {"model.backbone_widths": [8, 16, 32, 32], "model.ffn_dim": 64, "model.num_descriptors": 4,
                "train.epochs": 6},
-    "mgtl": {"model.vgg_widths": [8, 16, 32, 32, 32], "model.dim": 32, "model.mlp_dim": 64,
+    "mgtl": {"model.vgg_widths": [8, 16, 32, 32, 32], "model.dim": 32, "model.ffn_dim": 64,
              "model.generator_dim": 64, "train.epochs": 7},
 }
 
@@ -46,7 +46,8 @@ RECIPES = {
 def test_model_learns(city, tmp_path, name):
     from common.data.specs import get_spec
     from common.training import recipe
-    from common.training.runner import records_data, run_training
+    from common.training.data import records_data
+    from common.training.runner import run_training
     from experiments.demo import demo_config
 
     root, base = city

@@ -17,14 +17,16 @@ import pytest
 
 from common.data.readers import read_split
 from common.data.specs import InputSpec
-from common.embedding import read_rgb
+from common.evaluation.embedding import read_rgb
 from common.errors import CVGLError
-from common.export import load_export, write_export
-from common.preprocess import AerialPreprocess, GroundPreprocess, end_to_end
-from common.synthetic.testing import tiny_world
+from common.serving.export import load_export, write_export
+from common.serving.preprocess import AerialPreprocess, GroundPreprocess, end_to_end
+from tests.helpers.world import tiny_world
 from experiments import index as index_cli
 from experiments import localize as localize_cli
-from tests.standin_model import StandInModel
+from common.serving import index as index_lib
+from common.serving import localize as localize_lib
+from tests.standin_family.model import StandInModel
 
 SPEC = InputSpec("tiny_polar", (16, 88), (16, 88), True, "tanh")
 AERIAL = 128  # aerial side of the tiny world
@@ -59,7 +61,7 @@ def world(tmp_path_factory):
 
 
 def test_index_holds_the_val_split(world):
-    idx = index_cli.load_index(world["index"])
+    idx = index_lib.load_index(world["index"])
     records = read_split("cvusa", world["root"], "val")
     assert idx.ids == [r.id for r in records]
     assert idx.embeddings.shape == (16, 44 * 8)  # 44 azimuth bins (88 / 2) x 8 channels
@@ -93,9 +95,9 @@ def test_localize_command_finds_held_out_pair_in_top5(world, tmp_path, capsys):
 
 def test_most_held_out_pairs_are_in_top5(world):
     """The whole val split through the library function: far above chance (5/16 = 31 %)."""
-    export, idx = load_export(world["export"]), index_cli.load_index(world["index"])
+    export, idx = load_export(world["export"]), index_lib.load_index(world["index"])
     records = read_split("cvusa", world["root"], "val")
-    ranks = [localize_cli.localize(export, idx, read_rgb(r.ground), k=5, true_id=r.id)["true_rank"] for r in records]
+    ranks = [localize_lib.localize(export, idx, read_rgb(r.ground), k=5, true_id=r.id)["true_rank"] for r in records]
     assert sum(r <= 5 for r in ranks) >= 13, ranks
 
 
@@ -114,13 +116,13 @@ def test_index_build_resumes(world, tmp_path, monkeypatch):
 
     monkeypatch.setattr(export, "embed_aerial", failing)
     with pytest.raises(KeyboardInterrupt):
-        index_cli.build_index(export, records, out, batch_size=4, checkpoint_every=8, progress=False)
+        index_lib.build_index(export, records, out, batch_size=4, checkpoint_every=8, progress=False)
     assert not os.path.exists(out) and os.path.exists(str(tmp_path / "idx.partial.npz"))
     calls.clear()
     monkeypatch.setattr(export, "embed_aerial", lambda images: calls.append(len(images)) or real(images))
-    index_cli.build_index(export, records, out, batch_size=4, checkpoint_every=8, progress=False)
+    index_lib.build_index(export, records, out, batch_size=4, checkpoint_every=8, progress=False)
     assert sum(calls) == 8  # only the second half was embedded again
-    np.testing.assert_allclose(index_cli.load_index(out).embeddings, index_cli.load_index(world["index"]).embeddings,
+    np.testing.assert_allclose(index_lib.load_index(out).embeddings, index_lib.load_index(world["index"]).embeddings,
                                atol=1e-6)
 
 
@@ -155,7 +157,7 @@ def test_bad_inputs_fail_clearly(world, tmp_path):
 
 def test_find_true_id():
     ids = ["0000019", "0000190", "abc"]
-    assert localize_cli.find_true_id("/x/0000190.jpg", ids) == "0000190"
-    assert localize_cli.find_true_id("/x/abc_grdView.jpg", ids) == "abc"
-    assert localize_cli.find_true_id("/x/my_0000019_copy.png", ids) == "0000019"
-    assert localize_cli.find_true_id("/x/holiday.jpg", ids) is None
+    assert localize_lib.find_true_id("/x/0000190.jpg", ids) == "0000190"
+    assert localize_lib.find_true_id("/x/abc_grdView.jpg", ids) == "abc"
+    assert localize_lib.find_true_id("/x/my_0000019_copy.png", ids) == "0000019"
+    assert localize_lib.find_true_id("/x/holiday.jpg", ids) is None

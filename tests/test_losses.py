@@ -1,4 +1,4 @@
-"""common/losses.py against the official GeoDTR losses (tests/fixtures/geodtr/losses.npz) and a hand-computed
+"""common/training/losses.py against the official GeoDTR losses (tests/fixtures/geodtr/losses.npz) and a hand-computed
 UTM mask case."""
 
 import math
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common.losses import counterfactual_loss, soft_margin_triplet, utm_far_mask
+from geodtr_tf.losses import counterfactual_loss
+from common.training.losses import soft_margin_triplet, utm_far_mask
 
 TOL = dict(rtol=1e-4, atol=1e-7)
 

@@ -9,16 +9,18 @@ import numpy as np
 import pytest
 
 import mgtl_tf
-from common.config import config_paths, load_config
-from common.data.specs import SAFA_POLAR
+from common.models.config import config_paths, load_config
+from mgtl_tf.safa.specs import SAFA_POLAR
 from common.errors import CVGLError
-from experiments import show_attention, summary
+from experiments import summary, visualize
 
-MGTL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mgtl_tf", "configs")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAMILY_DIRS = (os.path.join(ROOT, "mgtl_tf", "configs"), os.path.join(ROOT, "mgtl_tf", "safa", "configs"))
 
 
 def mgtl_configs():
-    return [p for p in config_paths() if os.path.dirname(p) == MGTL_DIR]
+    """The configs of MGTL and of its SAFA baseline."""
+    return [p for p in config_paths() if os.path.dirname(p) in FAMILY_DIRS]
 
 
 def test_every_paper_row_has_a_config():
@@ -37,9 +39,9 @@ def test_config_is_valid_and_follows_the_recipe(path):
     model = dict(cfg["model"])
     family = model["family"]
     assert family in ("mgtl", "safa")
-    from mgtl_tf import split_model_cfg
+    from common.models.config import split_model_cfg
     from mgtl_tf.model import MGTL
-    from mgtl_tf.safa import SAFA
+    from mgtl_tf.safa.model import SAFA
     import inspect
 
     cls = MGTL if family == "mgtl" else SAFA
@@ -104,16 +106,16 @@ def _write_pair(tmp_path):
     return g, a
 
 
-def test_show_attention_cli_writes_png(tmp_path):
+def test_visualize_cli_draws_mgtl_attention(tmp_path):
     spec = SAFA_POLAR.replace(ground_size=(32, 160), aerial_size=(32, 160))
     keras.utils.set_random_seed(0)
-    model = mgtl_tf.build_model(dict(dim=12, heads=6, mlp_dim=24, generator_dim=24, vgg_widths=[4, 4, 8, 8, 8],
+    model = mgtl_tf.build_model(dict(dim=12, num_heads=6, ffn_dim=24, generator_dim=24, vgg_widths=[4, 4, 8, 8, 8],
                                      steps=2, backbone_weights=None), spec)
     weights = str(tmp_path / "m.keras")
     model.save(weights)
     g, a = _write_pair(tmp_path)
     out = str(tmp_path / "att.png")
-    assert show_attention.main(["--weights", weights, "--ground", g, "--aerial", a, "--out", out]) == 0
+    assert visualize.main(["--weights", weights, "--ground", g, "--aerial", a, "--out", out, "--head", "2"]) == 0
     image = cv2.imread(out)
     assert image is not None and image.shape[0] > 400 and image.shape[1] > 400
     assert not os.path.exists(out + ".tmp.png")
@@ -126,13 +128,13 @@ def test_show_attention_cli_writes_png(tmp_path):
     with pytest.raises(CVGLError, match="out of range"):
         attention_maps(model, ground, aerial, head=9)
     with pytest.raises(CVGLError, match="missing.png"):
-        show_attention.main(["--weights", weights, "--ground", str(tmp_path / "missing.png"), "--aerial", a,
+        visualize.main(["--weights", weights, "--ground", str(tmp_path / "missing.png"), "--aerial", a,
                              "--out", out])
     with pytest.raises(CVGLError, match="not found"):
-        show_attention.main(["--weights", str(tmp_path / "none.keras"), "--ground", g, "--aerial", a, "--out", out])
+        visualize.main(["--weights", str(tmp_path / "none.keras"), "--ground", g, "--aerial", a, "--out", out])
 
 
-def test_show_attention_refuses_backbone_only(tmp_path):
+def test_attention_picture_refuses_backbone_only(tmp_path):
     from mgtl_tf.model import MGTL
     from mgtl_tf.visualize import unwrap_model
 
@@ -152,7 +154,7 @@ def test_analytical_flops_agree_with_tensorflow_profiler():
     from mgtl_tf.summary import tower_macs
 
     spec = SAFA_POLAR.replace(ground_size=(64, 320), aerial_size=(64, 320))
-    model = MGTL(input_spec=spec, dim=48, heads=6, mlp_dim=96, generator_dim=96, vgg_widths=[8, 8, 16, 16, 32],
+    model = MGTL(input_spec=spec, dim=48, num_heads=6, ffn_dim=96, generator_dim=96, vgg_widths=[8, 8, 16, 16, 32],
                  steps=2)
     model.build()
     fn = tf.function(lambda x: model.ground_tower(x))

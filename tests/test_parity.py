@@ -6,9 +6,10 @@ import json
 import pytest
 import yaml
 
-from common.config import config_paths
+from common.models.config import config_paths
 from common.errors import CVGLError
-from experiments import parity
+from common.evaluation import parity
+from experiments import parity as parity_cmd
 
 CFG = {
     "name": "row_a",
@@ -83,28 +84,28 @@ def test_cli_exit_codes(configs, tmp_path, capsys):
     good, bad = tmp_path / "good.json", tmp_path / "bad.json"
     good.write_text(json.dumps(_result(86.0)))
     bad.write_text(json.dumps(_result(80.0)))
-    assert parity.main(["--results", str(good), "--strict"]) == 0
+    assert parity_cmd.main(["--results", str(good), "--strict"]) == 0
     assert "parity OK" in capsys.readouterr().out
-    assert parity.main(["--results", str(bad)]) == 0  # a report, not a check
-    assert parity.main(["--results", str(bad), "--strict"]) == 1
+    assert parity_cmd.main(["--results", str(bad)]) == 0  # a report, not a check
+    assert parity_cmd.main(["--results", str(bad), "--strict"]) == 1
     assert "6.21 points below" in capsys.readouterr().err
     other = tmp_path / "other.json"
     other.write_text(json.dumps(_result(80.0, config="unknown_row")))
-    assert parity.main(["--results", str(other)]) == 0
+    assert parity_cmd.main(["--results", str(other)]) == 0
     assert "no paper row" in capsys.readouterr().out
     with pytest.raises(CVGLError, match="nothing was checked"):
-        parity.main(["--results", str(other), "--strict"])
-    assert parity.main(["--results", str(other), "--config", "row_a", "--strict"]) == 1  # explicit row
+        parity_cmd.main(["--results", str(other), "--strict"])
+    assert parity_cmd.main(["--results", str(other), "--config", "row_a", "--strict"]) == 1  # explicit row
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
     with pytest.raises(CVGLError, match="not valid JSON"):
-        parity.main(["--results", str(broken)])
+        parity_cmd.main(["--results", str(broken)])
     with pytest.raises(CVGLError, match="results file not found"):
-        parity.main(["--results", str(tmp_path / "missing.json")])
+        parity_cmd.main(["--results", str(tmp_path / "missing.json")])
     empty = tmp_path / "empty.json"
     empty.write_text(json.dumps({"config": "row_a"}))
     with pytest.raises(CVGLError, match="no evaluation"):
-        parity.main(["--results", str(empty)])
+        parity_cmd.main(["--results", str(empty)])
 
 
 def test_shipped_paper_rows_are_well_formed():

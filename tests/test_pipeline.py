@@ -9,11 +9,12 @@ import tensorflow as tf
 
 from common.data.pipeline import make_dataset, make_view_dataset, png_size, shard_records
 from common.data.readers import prepared_polar_path, read_split
-from common.data.specs import (GEODTR_POLAR, GEODTR_RAW, SAFA_POLAR, VGG_BGR_MEAN, InputSpec, denormalise,
-                               normalise)
-from common.data.toy import write_toy_cvact, write_toy_cvusa
+from common.data.specs import VGG_BGR_MEAN, InputSpec, denormalise, normalise
+from geodtr_tf.specs import GEODTR_POLAR, GEODTR_RAW
+from mgtl_tf.safa.specs import SAFA_POLAR
+from common.synthetic.toy import write_toy_cvact, write_toy_cvusa
 from common.errors import CVGLError
-from common.polar import polar_transform
+from common.data.polar import polar_transform
 from experiments import prepare
 
 TINY = InputSpec("tiny_polar", (8, 44), (12, 40), True, "tanh")

@@ -1,13 +1,13 @@
 """The SAFA polar transform (protocol.md §1): analytic markers, the formula by hand, and the three paths
-(float64 reference, cv2 fast path, Keras layer) against each other."""
-
-import os
+(float64 reference, cv2 fast path, Keras layer) against each other (the layer's serialisation:
+tests/test_harness_layers.py)."""
 
 import numpy as np
 import pytest
 
 from common.errors import CVGLError
-from common.polar import PolarTransform, polar_grid, polar_transform, polar_transform_fast
+from common.data.polar import polar_grid, polar_transform, polar_transform_fast
+from common.data.polar_layer import PolarTransform
 
 S, H, W = 100, 32, 128
 
@@ -94,19 +94,6 @@ def test_layer_matches_reference_and_gathers_batch():
     flat = imgs[0].reshape(-1, 3).astype(np.float64)
     via_grid = sum(wts[k][:, None] * flat[idx[k]] for k in range(4)).reshape(24, 80, 3)
     assert np.abs(via_grid - polar_transform(imgs[0], 24, 80)).max() < 1e-3
-
-
-def test_layer_serialisation_round_trip(tmp_path):
-    import keras
-
-    inp = keras.Input((48, 48, 3))
-    model = keras.Model(inp, PolarTransform(16, 40)(inp))
-    path = os.path.join(tmp_path, "m.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    x = np.random.default_rng(4).uniform(0, 255, (1, 48, 48, 3)).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-5)
-    assert loaded.layers[-1].get_config()["height"] == 16
 
 
 def test_bad_inputs():

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from common.data.readers import prepared_polar_path, read_split
-from common.data.toy import write_toy_cvact, write_toy_cvusa
+from common.synthetic.toy import write_toy_cvact, write_toy_cvusa
 from common.errors import CVGLError
-from common.polar import polar_transform_fast
+from common.data.polar import polar_transform_fast
 from experiments import prepare
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,8 +111,9 @@ def test_cli_unreadable_and_wrong_size_images(tmp_path, capsys):
     with open(corrupt, "wb") as fh:
         fh.write(b"not a jpeg")
     res = run_cli("--dataset", "cvusa", "--root", root, "--workers", "1", "--sizes", "6x20")
-    _one_error_line(res, "bad images", "--allow-missing", corrupt)
-    assert f"bad pair 0000002: unreadable image {corrupt}" in res.stderr
+    # found by the layout check itself (head / tail bytes), before any decoding
+    _one_error_line(res, "missing or bad", "--allow-missing", corrupt)
+    assert f"missing pair 0000002: {corrupt} is not a JPEG or PNG image" in res.stderr
     _, err = _in_process(capsys, "--root", root, "--allow-missing", fails=False)
     assert "dropped pair 0000002" in err
     assert [r.id for r in read_split("cvusa", root, "train", allow_missing=True)] == ["0000001", "0000003"]

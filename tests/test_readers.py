@@ -8,7 +8,7 @@ import pytest
 import scipy.io
 
 from common.data.readers import prepared_polar_path, read_cvact_table, read_split
-from common.data.toy import write_act_mat, write_toy_cvact, write_toy_cvusa
+from common.synthetic.toy import write_act_mat, write_toy_cvact, write_toy_cvusa
 from common.errors import CVGLError
 
 

@@ -56,7 +56,8 @@ def test_symmetric_padding_matches_pytorch_on_odd_and_even_sizes():
     sd = ref.random_resnet34(rng)
     t = ResNet34()
     t.build((None, None, None, 3))
-    from geodtr_tf.convert import assign_state_dict, resnet_weights
+    from common.backbones.torch_weights import assign_state_dict
+    from common.backbones.resnet import resnet_weights
 
     mapping, optional = resnet_weights(t)
     assign_state_dict(mapping, sd, optional, ignore_prefixes=("fc.",))
@@ -223,8 +224,8 @@ def test_resnet_weight_names_and_order_are_unchanged(monkeypatch):
         return [(v.path, tuple(v.shape)) for v in t.weights]
 
     ours = paths()
-    monkeypatch.setattr(resnet, "_bn", lambda name: keras.layers.BatchNormalization(
-        epsilon=resnet.BN_EPSILON, momentum=resnet.BN_MOMENTUM, name=name))
+    monkeypatch.setattr(resnet, "_bn", lambda name, dtype=None: keras.layers.BatchNormalization(
+        epsilon=resnet.BN_EPSILON, momentum=resnet.BN_MOMENTUM, name=name, dtype=dtype))
     assert ours == paths()
     assert ours[1:5] == [("trunk/bn1/gamma", (64,)), ("trunk/bn1/beta", (64,)),
                          ("trunk/bn1/moving_mean", (64,)), ("trunk/bn1/moving_variance", (64,))]

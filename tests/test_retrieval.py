@@ -1,4 +1,4 @@
-"""Oracle tests of the retrieval metrics (common.retrieval).
+"""Oracle tests of the retrieval metrics (common.evaluation.retrieval).
 
 Oracles: hand-computed small matrices with ties, the official GeoDTR evaluator's output on the golden
 fixture (tests/fixtures/geodtr/recall.npz, README section 5), and a straightforward dense implementation
@@ -8,7 +8,8 @@ fixture (tests/fixtures/geodtr/recall.npz, README section 5), and a straightforw
 import numpy as np
 import pytest
 
-from common import retrieval as R
+from common.evaluation import retrieval as R
+from common.evaluation.search import topk_neighbours
 from common.errors import CVGLError
 
 FIX = "tests/fixtures/geodtr/recall.npz"
@@ -155,7 +156,7 @@ def test_chunked_equals_dense(chunk):
     assert np.array_equal(R.true_match_ranks(q, r, chunk_size=chunk, backend="numpy"), _dense_index_ranks(q, r))
     assert np.array_equal(R.radius_ranks(q, r, qpos, rpos, 5.0, chunk_size=chunk, backend="numpy"),
                           _dense_radius_ranks(q, r, qpos, rpos, 5.0))
-    idx, dist = R.topk_neighbours(q, r, 9, chunk_size=chunk, backend="numpy")
+    idx, dist = topk_neighbours(q, r, 9, chunk_size=chunk, backend="numpy")
     dense = 2 - 2 * (q @ r.T)
     order = np.argsort(dense, axis=1, kind="stable")[:, :9]
     assert np.array_equal(idx, order)
@@ -192,8 +193,8 @@ def test_tf_equals_numpy():
                               R.true_match_ranks(q, r, chunk_size=64, backend="numpy", dtype=dtype))
     assert np.array_equal(R.radius_ranks(q, r, qpos, rpos, 5.0, chunk_size=64, backend="tf"),
                           R.radius_ranks(q, r, qpos, rpos, 5.0, chunk_size=64, backend="numpy"))
-    ti, td = R.topk_neighbours(q, r, 5, chunk_size=64, backend="tf")
-    ni, nd = R.topk_neighbours(q, r, 5, chunk_size=64, backend="numpy")
+    ti, td = topk_neighbours(q, r, 5, chunk_size=64, backend="tf")
+    ni, nd = topk_neighbours(q, r, 5, chunk_size=64, backend="numpy")
     assert np.array_equal(ti, ni) and np.array_equal(td, nd)
     # TensorFloat-32 is off only while ranking (a GPU would otherwise round float32 matmuls to ~10 bits)
     assert tf.config.experimental.tensor_float_32_execution_enabled() == tf32
@@ -210,8 +211,8 @@ def test_faiss_backend_when_installed():
     dense = np.minimum(_dense_radius_ranks(q, r, qpos, rpos, 5.0), 300)
     fr = R.radius_ranks(q, r, qpos, rpos, 5.0, backend="faiss")
     np.testing.assert_array_equal(np.where(dense < 3, dense, 300), fr)
-    fi, fd = R.topk_neighbours(q, r, 5, backend="faiss")
-    ni, nd = R.topk_neighbours(q, r, 5, backend="numpy")
+    fi, fd = topk_neighbours(q, r, 5, backend="faiss")
+    ni, nd = topk_neighbours(q, r, 5, backend="numpy")
     np.testing.assert_array_equal(fi, ni)
 
 
@@ -288,7 +289,7 @@ def test_constant_and_zero_descriptors_are_collapsed():
 
 
 def test_nearly_constant_descriptors_are_collapsed_and_healthy_ones_not():
-    from common.collapse import MIN_SPREAD, descriptor_stats
+    from common.evaluation.collapse import MIN_SPREAD, descriptor_stats
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 32))

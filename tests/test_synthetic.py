@@ -15,7 +15,7 @@ from common.errors import CVGLError
 from common.synthetic import render as Rd
 from common.synthetic import world as W
 from common.synthetic.layouts import Plan, write_world
-from common.synthetic.testing import tiny_world
+from tests.helpers.world import tiny_world
 
 AERIAL, PANO = 128, (32, 176)
 
@@ -162,7 +162,7 @@ def _tower_scene(bearing_deg, theta, dist=30.0):
 def test_landmark_bearing_matches_in_polar_aerial_and_panorama(theta, bearing):
     """A red tower at compass bearing b lands at column (b - 180) / 360 * W in both the SAFA polar transform
     of the aerial image and the panorama (north at the centre column, clockwise)."""
-    from common.polar import polar_transform
+    from common.data.polar import polar_transform
 
     style = dataclasses.replace(W.draw_style(1), theta=theta)
     scene = _tower_scene(bearing, theta)
@@ -240,7 +240,7 @@ def test_baseline_is_exact_on_identical_views(tmp_path, cvusa_root):
     """Oracle: when every 'panorama' is the polar transform of its own aerial image, R@1 is 100 %."""
     import shutil
 
-    from common.polar import polar_transform_fast
+    from common.data.polar import polar_transform_fast
     from common.synthetic.baseline import raw_pixel_baseline
 
     root = str(tmp_path / "oracle")

@@ -13,7 +13,7 @@ TINY_MGTL = {
     "name": "mgtl_cli_tiny",
     "dataset": "cvusa",
     "input_spec": "safa_polar",
-    "model": {"family": "mgtl", "variant": "full", "steps": 1, "dim": 16, "heads": 2, "mlp_dim": 16,
+    "model": {"family": "mgtl", "variant": "full", "steps": 1, "dim": 16, "num_heads": 2, "ffn_dim": 16,
               "generator_dim": 16, "vgg_widths": [4, 4, 8, 8, 8], "backbone_weights": None},
     "train": {"optimizer": {"name": "adam", "learning_rate": 1.0e-5}, "schedule": {"name": "constant"},
               "epochs": 150, "batch_size": 16},
@@ -22,7 +22,7 @@ TINY_MGTL = {
 
 @pytest.fixture
 def world(tmp_path):
-    from common.synthetic.testing import tiny_world
+    from tests.helpers.world import tiny_world
 
     return tiny_world(tmp_path, "cvusa", n_train=12, n_val=8, aerial_size=64, pano_size=(16, 88))
 

@@ -120,7 +120,7 @@ def test_cross_city_augmentations_are_stateless_and_ramp_in():
     import numpy as np
     import tensorflow as tf
 
-    from common.training.runner import azimuth_roll, colour_shuffle
+    from common.data.augment import azimuth_roll, colour_shuffle
 
     rng = np.random.default_rng(0)
     batch = {"ground": rng.uniform(size=(64, 4, 16, 3)).astype("float32"),

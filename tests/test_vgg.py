@@ -152,8 +152,8 @@ def test_dropout_only_in_training_and_round_trip():
 
 
 def test_model_builders_load_the_file_into_both_trunks(tmp_path, reference_vgg):
-    from common.data.specs import SAFA_POLAR
-    from mgtl_tf import safa
+    from mgtl_tf.safa.specs import SAFA_POLAR
+    from mgtl_tf.safa import model as safa
 
     path = str(tmp_path / VGG16_NOTOP_FILE)
     write_legacy_notop(reference_vgg, path)

@@ -9,8 +9,8 @@ training runner.
 import keras
 from keras import layers, ops
 
-from common.losses import soft_margin_triplet, utm_far_mask
-from common.model_base import CrossViewModel
+from common.training.losses import soft_margin_triplet, utm_far_mask
+from common.models.base import CrossViewModel
 
 
 @keras.saving.register_keras_serializable(package="cvgl_tests")
@@ -107,7 +107,7 @@ def array_data(n_train=48, n_val=24, seed=0, size=8):
     import numpy as np
     import tensorflow as tf
 
-    from common.training.runner import TrainData
+    from common.training.data import TrainData
 
     rng = np.random.default_rng(seed)
     n = n_train + n_val

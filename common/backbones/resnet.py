@@ -25,7 +25,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from common.errors import CVGLError
+from common.backbones.torch_weights import assign_state_dict, export_state_dict, read_state_dict
+from common.errors import CVGLError, require_file
 
 STAGES = (("layer1", 64, 3, 1), ("layer2", 128, 4, 2), ("layer3", 256, 6, 2), ("layer4", 512, 3, 2))
 BN_EPSILON = 1e-5
@@ -36,9 +37,9 @@ _CONV_INIT = {"class_name": "VarianceScaling",
               "config": {"scale": 2.0, "mode": "fan_out", "distribution": "untruncated_normal"}}
 
 
-def _conv(filters, kernel, stride, name):
+def _conv(filters, kernel, stride, name, dtype=None):
     return layers.Conv2D(filters, kernel, strides=stride, padding="valid", use_bias=False,
-                         kernel_initializer=keras.initializers.get(_CONV_INIT), name=name)
+                         kernel_initializer=keras.initializers.get(_CONV_INIT), name=name, dtype=dtype)
 
 
 @keras.saving.register_keras_serializable(package="cvgl")
@@ -99,8 +100,8 @@ class TorchBatchNormalization(layers.BatchNormalization):
         return ops.cast(outputs, self.compute_dtype)
 
 
-def _bn(name):
-    return TorchBatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
+def _bn(name, dtype=None):
+    return TorchBatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name, dtype=dtype)
 
 
 @keras.saving.register_keras_serializable(package="cvgl")
@@ -112,15 +113,16 @@ class BasicBlock(layers.Layer):
         self.filters = int(filters)
         self.stride = int(stride)
         self.downsample = bool(downsample)
-        self.pad1 = layers.ZeroPadding2D(1, name="pad1")
-        self.conv1 = _conv(self.filters, 3, self.stride, "conv1")
-        self.bn1 = _bn("bn1")
-        self.pad2 = layers.ZeroPadding2D(1, name="pad2")
-        self.conv2 = _conv(self.filters, 3, 1, "conv2")
-        self.bn2 = _bn("bn2")
+        dt = self.dtype_policy
+        self.pad1 = layers.ZeroPadding2D(1, name="pad1", dtype=dt)
+        self.conv1 = _conv(self.filters, 3, self.stride, "conv1", dt)
+        self.bn1 = _bn("bn1", dt)
+        self.pad2 = layers.ZeroPadding2D(1, name="pad2", dtype=dt)
+        self.conv2 = _conv(self.filters, 3, 1, "conv2", dt)
+        self.bn2 = _bn("bn2", dt)
         if self.downsample:
-            self.down_conv = _conv(self.filters, 1, self.stride, "downsample_0")
-            self.down_bn = _bn("downsample_1")
+            self.down_conv = _conv(self.filters, 1, self.stride, "downsample_0", dt)
+            self.down_bn = _bn("downsample_1", dt)
 
     def build(self, input_shape):
         shape = tuple(input_shape)
@@ -171,9 +173,10 @@ class ResNet34(layers.Layer):
         self.widths = tuple(int(w) for w in (widths or [s[1] for s in STAGES]))
         if len(self.widths) != len(STAGES):
             raise ValueError(f"ResNet34 widths must have {len(STAGES)} entries, got {self.widths}")
-        self.stem_pad = layers.ZeroPadding2D(3, name="pad_conv1")
-        self.conv1 = _conv(self.widths[0], 7, 2, "conv1")
-        self.bn1 = _bn("bn1")
+        dt = self.dtype_policy
+        self.stem_pad = layers.ZeroPadding2D(3, name="pad_conv1", dtype=dt)
+        self.conv1 = _conv(self.widths[0], 7, 2, "conv1", dt)
+        self.bn1 = _bn("bn1", dt)
         self.blocks = []  # flat list, torchvision order: layer1.0 ... layer4.2
         self.block_names = []
         in_ch = self.widths[0]
@@ -181,7 +184,7 @@ class ResNet34(layers.Layer):
             for i in range(blocks):
                 s = stride if i == 0 else 1
                 self.blocks.append(BasicBlock(filters, s, downsample=(s != 1 or in_ch != filters),
-                                              name=f"{stage}_{i}"))
+                                              name=f"{stage}_{i}", dtype=dt))
                 self.block_names.append(f"{stage}.{i}")
                 in_ch = filters
 
@@ -243,3 +246,62 @@ def conv_flops(input_hw, include_bn=False) -> int:
                 total += 2 * in_ch * filters * ho * wo
             h, w, in_ch = ho, wo, filters
     return total
+
+
+def _bn_weights(bn, prefix):
+    return {f"{prefix}.weight": (bn.gamma, "copy"), f"{prefix}.bias": (bn.beta, "copy"),
+            f"{prefix}.running_mean": (bn.moving_mean, "copy"),
+            f"{prefix}.running_var": (bn.moving_variance, "copy")}
+
+
+def resnet_weights(resnet, rename=None) -> tuple:
+    """({torch key: (variable, kind)}, {optional torch keys}) for a :class:`ResNet34`.
+
+    ``rename`` maps a torchvision prefix (``layer2.0.conv1``) to the checkpoint's (default: unchanged)."""
+    mapping, optional = {}, set()
+    for tv_prefix, layer in resnet.torch_layers().items():
+        prefix = rename(tv_prefix) if rename else tv_prefix
+        if hasattr(layer, "moving_mean"):
+            mapping.update(_bn_weights(layer, prefix))
+            optional.add(f"{prefix}.num_batches_tracked")
+        else:
+            mapping[f"{prefix}.weight"] = (layer.kernel, "conv")
+    return mapping, optional
+
+
+def convert_resnet34(sd: dict, source="checkpoint"):
+    """A torchvision resnet34 state dict -> a Keras model (any-size image -> stride-16 map). ``fc.*`` is the
+    ImageNet classifier, which GeoDTR drops, and is ignored."""
+    import keras
+
+    from common.backbones.resnet import ResNet34
+
+    backbone = ResNet34(name="resnet34")
+    backbone.build((None, None, None, 3))
+    mapping, optional = resnet_weights(backbone)
+    assign_state_dict(mapping, sd, optional, ignore_prefixes=("fc.",), source=source)
+    inputs = keras.Input((None, None, 3), name="image")
+    return keras.Model(inputs, backbone(inputs), name="resnet34_trunk")
+
+
+def load_resnet34_weights(backbone, path) -> None:
+    """Fill a :class:`ResNet34` from a converted ``.keras`` (from ``convert_weights --model resnet34``) or
+    directly from a torchvision state dict file."""
+    path = require_file(path, "ResNet-34 weights", "convert them with python -m experiments.convert_weights "
+                                                    "--model resnet34")
+    if path.endswith(".keras"):
+        import keras
+
+
+        try:
+            loaded = keras.saving.load_model(path)
+        except Exception as exc:
+            raise CVGLError(f"ResNet-34 weights {path} could not be loaded ({exc})") from None
+        source = [layer for layer in loaded.layers if isinstance(layer, ResNet34)]
+        if len(source) != 1:
+            raise CVGLError(f"{path} holds no ResNet-34 trunk (make it with convert_weights --model resnet34)")
+        sd = export_state_dict(resnet_weights(source[0])[0])
+    else:
+        sd = read_state_dict(path)
+    mapping, optional = resnet_weights(backbone)
+    assign_state_dict(mapping, sd, optional, ignore_prefixes=("fc.",), source=path)

@@ -229,3 +229,11 @@ def vgg16_trunk_macs(height: int, width: int, widths=VGG16_WIDTHS) -> int:
             c_in = widths[b]
         h, w = math.ceil(h / 2), math.ceil(w / 2)
     return macs
+
+
+def vgg16_feature_hw(hw):
+    """(h, w) of the VGG16 trunk's last feature map for an (H, W) input (five ceil-halvings)."""
+    h, w = hw
+    for _ in range(5):
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+    return h, w

@@ -10,13 +10,13 @@ Per pair (see :mod:`common.data.readers` for where prepared files live):
   208:624 of 832, i.e. the centre half, in the graph); then resized to ``spec.ground_size``.
 * **aerial, polar spec**: the prepared polar map of the spec's size if it exists (size-suffixed folder, or
   the canonical ``record.polar`` if its PNG header has the right size), else the SAFA polar transform
-  computed on the fly from the raw aerial image (:func:`common.polar.polar_grid`, float, so it differs from
+  computed on the fly from the raw aerial image (:func:`common.data.polar.polar_grid`, float, so it differs from
   a prepared map — rounded to uint8 — by at most half a grey level).
 * **aerial, raw spec**: the raw aerial resized to ``spec.aerial_size``.
 * **resizing**: area (``tf.image.resize(..., method="area")``: pixel averaging, like OpenCV's INTER_AREA
   used by SAFA and the same method as the export's in-graph preprocessing; GeoDTR uses PIL's antialiased
   bilinear, which differs by a few grey levels); skipped when the image already has the target size.
-* **augmentation** (training only, :mod:`common.augment`): semantic augmentation on each view on [0, 255]
+* **augmentation** (training only, :mod:`common.data.augment`): semantic augmentation on each view on [0, 255]
   pixels, then the pixel normalisation (:func:`common.data.specs.normalise`, the one shared with the
   export), then layout simulation on the pair (a pixel permutation, so its place does not matter).
 * **positions** (``with_positions=True``): float32 (easting, northing) in metres **relative to an origin**
@@ -44,7 +44,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from common.augment import layout_simulation, parse_augment, semantic_augment
+from common.data.augment import layout_simulation, parse_augment, semantic_augment
 from common.data.readers import prepared_polar_path
 from common.data.specs import get_spec, normalise
 from common.errors import CVGLError
@@ -52,7 +52,7 @@ from common.errors import CVGLError
 AUTOTUNE = tf.data.AUTOTUNE
 AERIAL_FILE, AERIAL_ON_THE_FLY, AERIAL_RAW = 0, 1, 2
 # Area resampling (pixel averaging), as SAFA's cv2 INTER_AREA and as the export's in-graph preprocessing
-# (common.preprocess), so a model sees the same pixels in training and when serving raw images.
+# (common.serving.preprocess), so a model sees the same pixels in training and when serving raw images.
 RESIZE_METHOD = "area"
 
 
@@ -131,7 +131,7 @@ class _Loader:
         self.spec = spec
         self.polar_grid = None
         if spec.polar and np.any(sources["aerial_mode"] == AERIAL_ON_THE_FLY):
-            from common.polar import polar_grid
+            from common.data.polar import polar_grid
 
             first = records[int(np.argmax(sources["aerial_mode"] == AERIAL_ON_THE_FLY))].aerial
             h, w = image_size(first)

@@ -125,12 +125,16 @@ def list_split(dataset: str, root, split: str) -> list:
 
 
 def find_missing(records, bad=None) -> list:
-    """[(record, [problems])] for every record whose ground or aerial image file is absent (or that is in
-    ``bad``, the {id: problem} table of :func:`read_bad_pairs`)."""
+    """[(record, [problems])] for every record whose ground or aerial image file is absent, empty or cut
+    short (:func:`common.data.images.image_problem`: head and tail bytes only, no decoding), or that is in
+    ``bad``, the {id: problem} table of :func:`read_bad_pairs`."""
+    from common.data.images import image_problem
+
     out = []
     bad = bad or {}
     for r in records:
-        problems = [f"no file {p}" for p in (r.ground, r.aerial) if not os.path.isfile(p)]
+        problems = [f"no file {p}" if not os.path.isfile(p) else image_problem(p) for p in (r.ground, r.aerial)]
+        problems = [p for p in problems if p]
         if r.id in bad:
             problems.append(bad[r.id])
         if problems:
@@ -180,6 +184,34 @@ def _read_coordinates(root: str):
     return table
 
 
+def inside_root(root: str, rel: str, where: str) -> str:
+    """``root/rel`` when it stays inside ``root`` (no absolute path, no ``..`` leaving it); a CVGLError naming
+    ``where`` otherwise. Symbolic links inside the root are followed when reading (a dataset may link its
+    images); what is written next to them is checked with :func:`check_writable_inside`."""
+    if not rel or os.path.isabs(rel) or (os.name == "nt" and os.path.splitdrive(rel)[0]):
+        raise CVGLError(f"{where}: path {rel!r} is not relative to the dataset root; every image must lie "
+                        "under --root (fix the file)")
+    root_n = os.path.normpath(os.path.abspath(root))
+    path = os.path.normpath(os.path.join(root_n, rel))
+    if os.path.commonpath([root_n, path]) != root_n:
+        raise CVGLError(f"{where}: path {rel!r} leaves the dataset root {root} (..); every image must lie under "
+                        "--root (fix the file)")
+    return path
+
+
+def check_writable_inside(root: str, path: str) -> str:
+    """``path`` if its real location (symbolic links resolved) is inside the real ``root``; else a CVGLError.
+
+    Used before writing a prepared file next to an image, so that a link pointing out of the root can never
+    make the project write elsewhere."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.dirname(path))
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise CVGLError(f"refusing to write {path}: its folder resolves to {real}, outside the dataset root "
+                        f"{real_root} (a symbolic link leaving the root?); nothing is written outside --root")
+    return path
+
+
 def _read_cvusa(root: str, split: str) -> list:
     csv_path = os.path.join(root, CVUSA_CSV[split])
     if not os.path.isfile(csv_path):
@@ -196,6 +228,8 @@ def _read_cvusa(root: str, split: str) -> list:
                 raise CVGLError(f"{csv_path} line {line_no}: expected 'aerial path, ground path[, annotation]', "
                                 f"got {','.join(row)!r}; fix the split file")
             aerial_rel, ground_rel = row[0], row[1]
+            where = f"{csv_path} line {line_no}"
+            aerial_path, ground_path = inside_root(root, aerial_rel, where), inside_root(root, ground_rel, where)
             pid = os.path.splitext(os.path.basename(aerial_rel))[0]
             polar_rel = os.path.splitext(aerial_rel.replace("bingmap", "polarmap", 1))[0] + ".png"
             position = None
@@ -204,9 +238,8 @@ def _read_cvusa(root: str, split: str) -> list:
                     raise CVGLError(f"{os.path.join(root, 'coordinates.csv')}: no row for id {pid} "
                                     f"(listed in {csv_path}); add it or remove coordinates.csv")
                 position = coords[pid]
-            records.append(PairRecord(id=pid, ground=os.path.join(root, ground_rel),
-                                      aerial=os.path.join(root, aerial_rel),
-                                      polar=os.path.join(root, polar_rel), position=position))
+            records.append(PairRecord(id=pid, ground=ground_path, aerial=aerial_path,
+                                      polar=inside_root(root, polar_rel, where), position=position))
     if not records:
         raise CVGLError(f"{csv_path} lists no pairs; check the file")
     return records
@@ -260,13 +293,22 @@ def read_cvact_table(root: str):
                         "repositories into the CVACT root)")
     mat = _load_mat(path)
     ids = _pano_ids(mat, path)
+    bad = [i for i in ids if not i or os.sep in i or "/" in i or i in (".", "..")]
+    if bad:
+        raise CVGLError(f"{path}: panoIds must be plain file-name stems, got {bad[0]!r}; use the ACT_data.mat of "
+                        "the CVACT release")
     utm = np.asarray(_mat_key(mat, "utm", path), dtype=np.float64)
     if utm.ndim != 2 or utm.shape[1] != 2 or utm.shape[0] != len(ids):
         raise CVGLError(f"{path}: 'utm' must be N x 2 with N = len(panoIds) = {len(ids)}, got {utm.shape}; "
                         "use the ACT_data.mat of the CVACT release")
     splits = {}
     for split, (key, field) in CVACT_MAT_FIELDS.items():
-        ind = _struct_field(mat, key, field, path).astype(np.int64) - 1  # MATLAB is 1-based
+        raw_ind = np.asarray(_struct_field(mat, key, field, path), dtype=np.float64)
+        if raw_ind.size and not np.all(np.isfinite(raw_ind) & (raw_ind == np.round(raw_ind))):
+            raise CVGLError(f"{path}: {key}.{field} holds non-integer indices (e.g. "
+                            f"{raw_ind[~(raw_ind == np.round(raw_ind))].reshape(-1)[:1]}); the file is damaged, get "
+                            "it again")
+        ind = raw_ind.astype(np.int64) - 1  # MATLAB is 1-based
         if ind.size and (ind.min() < 0 or ind.max() >= len(ids)):
             raise CVGLError(f"{path}: {key}.{field} has indices outside 1..{len(ids)}; "
                             "the file is inconsistent, get it again")

@@ -1,4 +1,4 @@
-"""Input specifications: what each model family expects as pixels.
+"""Input specifications: what a model expects as pixels.
 
 An :class:`InputSpec` names the ground and aerial sizes (H, W), whether the aerial input is the SAFA polar
 transform of the aerial image or the raw aerial, and the pixel normalisation:
@@ -7,8 +7,12 @@ transform of the aerial image or the raw aerial, and the pixel normalisation:
 * ``"vgg_bgr"``: RGB -> BGR, then subtract (103.939, 116.779, 123.68), no scaling (Keras VGG16 ImageNet
   weights, SAFA, MGTL).
 
+Families define their specs (``geodtr_tf/specs.py``, ``mgtl_tf/safa/specs.py``) and register them with the
+family (:mod:`common.models.registry`); configs name a spec, :func:`get_spec` finds it. A spec can also be
+given inline as a mapping (``InputSpec.to_config``), which is how a ``.keras`` model carries its own.
+
 Model inputs are float32 NHWC tensors already normalised this way. The pipeline
-(:mod:`common.data.pipeline`) and the export's in-graph preprocessing (:mod:`common.preprocess`) both apply
+(:mod:`common.data.pipeline`) and the export's in-graph preprocessing (:mod:`common.serving.preprocess`) both apply
 :func:`normalise` so the two can never differ.
 """
 
@@ -44,11 +48,24 @@ class InputSpec:
         return cls(**d)
 
 
-GEODTR_POLAR = InputSpec("geodtr_polar", (122, 671), (122, 671), True, "tanh")
-GEODTR_RAW = InputSpec("geodtr_raw", (122, 671), (256, 256), False, "tanh")
-SAFA_POLAR = InputSpec("safa_polar", (112, 616), (112, 616), True, "vgg_bgr")  # SAFA and MGTL
+NORMALISATIONS = ("tanh", "vgg_bgr")
 
-SPECS = {s.name: s for s in (GEODTR_POLAR, GEODTR_RAW, SAFA_POLAR)}
+SPECS: dict = {}  # name -> InputSpec, filled by register_spec (families register theirs)
+SPEC_LOADERS: list = []  # callables that may register more specs (the family registry adds its loader)
+
+
+def register_spec(spec: InputSpec) -> InputSpec:
+    """Make ``spec`` findable by name; the same name with other values raises ValueError."""
+    if not isinstance(spec, InputSpec):
+        raise TypeError(f"register_spec expects an InputSpec, got {type(spec).__name__}")
+    if spec.normalisation not in NORMALISATIONS:
+        raise ValueError(f"input spec {spec.name}: normalisation must be one of {NORMALISATIONS}, "
+                         f"got {spec.normalisation!r}")
+    old = SPECS.get(spec.name)
+    if old is not None and old != spec:
+        raise ValueError(f"input spec {spec.name!r} is already registered with other values ({old})")
+    SPECS[spec.name] = spec
+    return spec
 
 
 def get_spec(name_or_dict) -> InputSpec:
@@ -56,6 +73,9 @@ def get_spec(name_or_dict) -> InputSpec:
         return name_or_dict
     if isinstance(name_or_dict, dict):
         return InputSpec.from_config(name_or_dict)
+    if name_or_dict not in SPECS:
+        for load in SPEC_LOADERS:  # a name may belong to a family not imported yet
+            load()
     try:
         return SPECS[name_or_dict]
     except KeyError:

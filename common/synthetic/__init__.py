@@ -7,10 +7,10 @@ Public API::
                 heading_noise_deg=0.0, near_fraction=0.1, vfov_deg=None, progress=True,
                 contact_sheet=True) -> dict
     raw_pixel_baseline(root, layout, split="val", size=(16, 88)) -> dict      (common.synthetic.baseline)
-    tiny_world(tmp_path, layout, seed=0, n_train=24, n_val=16, ...) -> str   (common.synthetic.testing)
 
 Modules: world (style, map, locations), render (raster, aerial, panorama, nuisances), noise,
-layouts (writers), sheet (contact sheet), baseline (raw-pixel retrieval baseline), testing (pytest helper).
+layouts (writers), sheet (contact sheet), baseline (raw-pixel retrieval baseline), toy (tiny worlds of
+noise images for pipeline checks). The pytest helper ``tiny_world`` is in tests/helpers/world.py.
 """
 
 from common.synthetic.layouts import LAYOUTS, render_pair, write_world  # noqa: F401

@@ -1,12 +1,12 @@
 """The raw-pixel retrieval baseline: the number any trained model must beat on an unseen city.
 
 Every ground panorama of a split (CVACT: the centre half of the rows, as SAFA/GeoDTR crop it) and every
-aerial image's SAFA polar transform (:func:`common.polar.polar_transform_fast`, 112 x 616) are resized with
+aerial image's SAFA polar transform (:func:`common.data.polar.polar_transform_fast`, 112 x 616) are resized with
 area interpolation to ``size`` (H, W), flattened, centred and L2-normalised; panorama j is the query, the
 polar aerials are the references, and the distance is the Euclidean pixel distance between the normalised
 vectors (equivalently: normalised cross-correlation). Recall follows the evaluation protocol exactly:
 rank = number of references strictly closer than the true match, hit@K iff rank < K, R@1% with
-K = floor(0.01 N) (:func:`common.retrieval.recall_at_k`). Chance level is K / N.
+K = floor(0.01 N) (:func:`common.evaluation.retrieval.recall_at_k`). Chance level is K / N.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _vector(img, size):
 def pixel_vectors(records, layout: str, size=(16, 88)):
     """(ground vectors, polar-aerial vectors), each (N, 3 H W) float32 unit-norm."""
     from common.data.readers import crop_rows
-    from common.polar import polar_transform_fast
+    from common.data.polar import polar_transform_fast
 
     g, a = [], []
     for rec in records:
@@ -56,7 +56,7 @@ def raw_pixel_baseline(root, layout: str, split: str = "val", size=(16, 88)) -> 
     "layout"}``; ``curve[K-1]`` is R@K for K = 1 .. max(10, K_1pct) (for recall plots).
     """
     from common.data.readers import read_split
-    from common.retrieval import recall_at_k
+    from common.evaluation.retrieval import recall_at_k
 
     size = (int(size[0]), int(size[1]))
     records = read_split(layout, root, split)

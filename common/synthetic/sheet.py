@@ -1,6 +1,6 @@
 """Contact sheet: aerial | its SAFA polar transform | panorama, for a few pairs, read back from disk.
 
-The polar transform is :func:`common.polar.polar_transform_fast` (north at the centre column), so a person
+The polar transform is :func:`common.data.polar.polar_transform_fast` (north at the centre column), so a person
 can check by eye that the polar aerial and the panorama line up (same road directions and buildings at the
 same columns).
 """
@@ -23,7 +23,7 @@ def _label(img, text):
 def write_contact_sheet(root: str, layout: str, plan, path: str, count: int = 4,
                         row_height: int = 128) -> str:
     """Write a PNG of ``count`` pairs (val first) to ``path``; returns ``path``."""
-    from common.polar import polar_transform_fast
+    from common.data.polar import polar_transform_fast
 
     order = [i for i in range(plan.n) if plan.split[i] == "val"] + \
             [i for i in range(plan.n) if plan.split[i] != "val"]

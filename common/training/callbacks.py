@@ -120,9 +120,9 @@ class RecallValidation(keras.callbacks.Callback):
             return
         if (epoch + 1) % self.every and epoch + 1 != self.total_epochs:
             return
-        from common.retrieval import recall_at_k
+        from common.evaluation.retrieval import recall_at_k
 
-        from common.collapse import collapse_line
+        from common.evaluation.collapse import collapse_line
 
         t0 = time.time()
         ground, aerial = self.embed_fn(self.model)
@@ -149,7 +149,7 @@ class RecallValidation(keras.callbacks.Callback):
 class Checkpoints(keras.callbacks.Callback):
     """``last.keras`` after every epoch and ``best.keras`` when the monitored metric improves (atomic).
 
-    An epoch whose validation descriptors are collapsed (``val_collapsed``, :mod:`common.collapse`) never
+    An epoch whose validation descriptors are collapsed (``val_collapsed``, :mod:`common.evaluation.collapse`) never
     becomes ``best.keras``, whatever its R@1: ties favour the query, so a collapsed model can score high.
     Without validation metrics in the logs (validation off), ``best.keras`` follows the lowest training loss.
     Only the chief writes (multi-worker).
@@ -172,7 +172,7 @@ class Checkpoints(keras.callbacks.Callback):
         value = logs.get(self.state.monitor)
         if value is None or (isinstance(value, float) and math.isnan(value)):
             value = -float(logs.get("loss", math.inf))
-        collapsed = bool(logs.get("val_collapsed", 0.0))  # never select a collapsed epoch (common.collapse)
+        collapsed = bool(logs.get("val_collapsed", 0.0))  # never select a collapsed epoch (common.evaluation.collapse)
         improved = value > self.state.best and not collapsed
         if improved:
             self.state.best = float(value)
@@ -336,27 +336,5 @@ class NanGuard(keras.callbacks.Callback):
 # ------------------------------------------------------------------------------------------------------
 # fault hook for the tests: die by SIGKILL at a given epoch/step
 # ------------------------------------------------------------------------------------------------------
-KILL_ENV = "CVGL_TEST_KILL_AT"  # "EPOCH:STEP", 1-based: SIGKILL right after that training step
 
 
-class KillSwitch(keras.callbacks.Callback):
-    """Send SIGKILL to this process after step ``STEP`` of epoch ``EPOCH`` (``CVGL_TEST_KILL_AT``).
-
-    Deterministic stand-in for a crash / preemption in the resume test; inactive unless the variable is set.
-    """
-
-    def __init__(self, spec: str):
-        super().__init__()
-        try:
-            e, s = spec.split(":")
-            self.at = (int(e), int(s))
-        except ValueError:
-            raise CVGLError(f"{KILL_ENV} must be EPOCH:STEP (1-based), got {spec!r}") from None
-        self.epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if (self.epoch + 1, batch + 1) == self.at:
-            os.kill(os.getpid(), signal.SIGKILL)

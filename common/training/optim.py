@@ -30,7 +30,7 @@ second sum), so the update is the one-device update on the same global batch (te
 
 Mixed precision (:func:`set_precision`): ``float16`` -> policy ``mixed_float16`` with a
 ``LossScaleOptimizer`` (dynamic loss scaling); ``bfloat16`` -> ``mixed_bfloat16`` (no scaling needed);
-``off`` -> ``float32``. Losses are computed in float32 (:mod:`common.losses` casts, and
+``off`` -> ``float32``. Losses are computed in float32 (:mod:`common.training.losses` casts, and
 :meth:`CrossViewModel.compute_loss` casts the total), and the families keep normalisations in float32.
 """
 

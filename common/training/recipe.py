@@ -1,7 +1,7 @@
 """The resolved recipe of a run: a paper-row config plus command-line overrides, printed with every override
 marked, hashed, and written to ``RUN/config.yaml``.
 
-Overrides are ``dotted.key=value`` with YAML values: ``input_spec.ground_size=[32,176]``, ``model.layers=1``,
+Overrides are ``dotted.key=value`` with YAML values: ``input_spec.ground_size=[32,192]``, ``model.num_layers=1``,
 ``train.optimizer.learning_rate=1e-3``. Every key on the way to the leaf must already exist (a typo fails with
 the list of keys that do exist); the leaf itself may be new (a family option the file leaves at its default).
 ``input_spec`` is a spec name in the files; an override of one of its fields first expands it to the full

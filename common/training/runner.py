@@ -22,186 +22,33 @@ augmentation keys), so the same command twice gives bit-identical weights, logs 
 run replays exactly what the interrupted one would have done (see :class:`common.training.callbacks
 .ResumeState`).
 
-Fault hooks for the tests (environment variables, inactive unless set): ``CVGL_TEST_KILL_AT=EPOCH:STEP``
-(SIGKILL after that step), ``CVGL_TEST_KILL_AT=EPOCH:write`` (SIGKILL in the middle of that epoch's backup
-write) and ``CVGL_TEST_NAN_AT=STEP`` (the ground images of that global training step, 1-based, become NaN).
+The training stream is :class:`common.training.data.TrainData` (:func:`~common.training.data.records_data`
+builds it from a dataset folder); the cross-city augmentations (``train.azimuth_roll``,
+``train.colour_shuffle``) are in :mod:`common.data.augment`, the fault hooks of the tests in
+:mod:`common.training.faults`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import sys
 import time
-from typing import Callable, Optional
+from typing import Optional
 
 import keras
-import numpy as np
 import yaml
 
 from common.data.specs import get_spec
 from common.errors import CVGLError
+from common.data.augment import azimuth_roll, colour_shuffle
 from common.training import callbacks as cb
+from common.training.data import TrainData
+from common.training.faults import KILL_ENV, NAN_ENV, KillSwitch, _inject_nan
 from common.training.distribute import is_chief, make_strategy
 from common.training.optim import build_optimizer, set_precision
 from common.training.recipe import config_hash
 from common.training.schedule import EpochLearningRate, check_schedule
-
-NAN_ENV = "CVGL_TEST_NAN_AT"
-
-
-@dataclasses.dataclass
-class TrainData:
-    """What a run trains and validates on.
-
-    ``train_dataset(batch_size, seed, start_step)`` returns the endless ``tf.data.Dataset`` of global batches
-    (dicts of normalised float32 images ``ground`` / ``aerial`` [+ ``position``]) from global batch
-    ``start_step`` on: pass p over the data after pass p - 1, each a pure function of ``(seed, p)``
-    (``make_dataset(..., repeat=True, skip_batches=start_step)``);
-    ``n_train`` its number of pairs; ``example`` a dict of arrays with batch 1 to build the model;
-    ``embed_val(model) -> (ground, aerial)`` the validation embeddings (None: no validation);
-    ``val_note`` what the validation split is (printed, and kept in results.json).
-    """
-
-    train_dataset: Callable
-    n_train: int
-    example: dict
-    embed_val: Optional[Callable] = None
-    val_note: str = "val"
-    n_val: int = 0
-
-
-def records_data(cfg: dict, root: str, spec, seed: int = 0, val_split: str = "val",
-                 embed_batch_size: int = 32, val_root: str | None = None) -> TrainData:
-    """:class:`TrainData` from a dataset folder in the CVUSA / CVACT layout (the project readers/pipeline).
-
-    ``val_root``: validate on that folder's ``val_split`` instead (e.g. another synthetic city)."""
-    from common.data.pipeline import make_dataset
-    from common.data.readers import read_split
-    from common.data.records import positions_array
-
-    dataset = cfg["dataset"]
-    train_records = read_split(dataset, root, "train")
-    val_records = read_split(dataset, val_root or root, val_split) if val_split else []
-    with_positions = dataset == "cvact" and positions_array(train_records) is not None
-    train_cfg = cfg["train"]
-
-    augment = augment_argument(cfg.get("augment"))
-
-    def train_dataset(batch_size, seed_, start_step=0):
-        return make_dataset(train_records, spec, batch_size, training=True, augment=augment,
-                            seed=seed_, drop_remainder=bool(train_cfg.get("drop_remainder", False)),
-                            with_positions=with_positions, repeat=True, skip_batches=start_step)
-
-    example = {"ground": np.zeros((1, *spec.ground_size, 3), "float32"),
-               "aerial": np.zeros((1, *spec.aerial_size, 3), "float32")}
-    if with_positions:
-        example["position"] = np.zeros((1, 2), "float32")
-
-    embed_val = None
-    if val_records:
-        def embed_val(model):
-            from common.embedding import embed_records
-
-            return embed_records(model, val_records, spec, embed_batch_size, progress=False)
-
-    note = f"{dataset} {val_split} ({len(val_records)} pairs){f' of {val_root}' if val_root else ''}"
-    if dataset == "cvusa" and val_split == "val" and not val_root:
-        note += "; CVUSA has no separate val split: this is the test split, as in the papers"
-    return TrainData(train_dataset, len(train_records), example, embed_val, note, len(val_records))
-
-
-def augment_argument(augment):
-    """The config's ``augment: {layout_simulation: .., semantic: ..}`` as the pipeline's ``{layout, semantic}``."""
-    if isinstance(augment, dict):
-        unknown = set(augment) - {"layout_simulation", "layout", "semantic"}
-        if unknown:
-            raise CVGLError(f"config augment has unknown keys {sorted(unknown)}; use layout_simulation and semantic "
-                            "(each none, weak or strong)")
-        return {"layout": augment.get("layout_simulation", augment.get("layout", "none")),
-                "semantic": augment.get("semantic", "none")}
-    return augment
-
-
-def _ramp_mask(step, b, seed_key, ramp_steps: int):
-    """(B,) float mask: 1 for the samples a ramped augmentation applies to at global ``step``. Each sample is
-    augmented with probability min(1, (step + 1) / ramp_steps) (stateless draw); ramp_steps 0: always."""
-    import tensorflow as tf
-
-    if not ramp_steps:
-        return tf.ones([b], tf.float32)
-    p = tf.minimum(1.0, tf.cast(step + 1, tf.float32) / float(ramp_steps))
-    u = tf.random.stateless_uniform([b], seed=tf.stack([tf.cast(seed_key, tf.int64), step]))
-    return tf.cast(u < p, tf.float32)
-
-
-def azimuth_roll(ds, seed: int = 0, ramp_steps: int = 0):
-    """Roll each training pair's panorama and polar aerial by the same random azimuth (any angle).
-
-    ``train.azimuth_roll: true`` (off in every paper config). Layout simulation turns by multiples of 90
-    degrees only, as the papers do; a synthetic city has a single street-grid orientation, so a model trained
-    on one city would otherwise see streets at the same azimuths (mod 90) only. Both views are in the same
-    azimuth coordinates (north at the centre column, clockwise), so a common circular shift of the columns is
-    a consistent rotation of the scene. Polar aerials only. ``ds`` yields ``(global step, batch)``; the
-    draws are stateless, keyed on (seed, step), so a resumed run draws what the uninterrupted one drew.
-    ``ramp_steps`` (``train.augment_ramp_epochs``): over the first steps only a growing share of the samples
-    is rolled (see :func:`_ramp_mask`).
-    """
-    import tensorflow as tf
-
-    def roll(step, batch):
-        batch = dict(batch)
-        b = tf.shape(batch["ground"])[0]
-        frac = tf.random.stateless_uniform([b, 1], seed=tf.stack([tf.cast(seed + 7919, tf.int64), step]))
-        frac = frac * _ramp_mask(step, b, seed + 7920, ramp_steps)[:, None]
-        for key in ("ground", "aerial"):
-            w = tf.shape(batch[key])[2]
-            shift = tf.cast(tf.round(frac * tf.cast(w, tf.float32)), tf.int32)
-            idx = tf.math.floormod(tf.range(w)[None, :] - shift, w)
-            batch[key] = tf.gather(batch[key], idx, axis=2, batch_dims=1)
-        return step, batch
-
-    return ds.map(roll)
-
-
-def colour_shuffle(ds, seed: int = 0, ramp_steps: int = 0):
-    """Per view and per sample: a random permutation of the colour channels and random channel gains in
-    [0.6, 1.4] (``train.colour_shuffle: true``; off in every paper config). Two synthetic cities differ in
-    palette; this makes a model trained on one city rely on layout rather than on its colours. ``ds`` yields
-    ``(global step, batch)``; stateless draws keyed on (seed, step, view). ``ramp_steps``: as
-    :func:`azimuth_roll`."""
-    import tensorflow as tf
-
-    def shuffle(step, batch):
-        batch = dict(batch)
-        b = tf.shape(batch["ground"])[0]
-        on = _ramp_mask(step, b, seed + 104728, ramp_steps)  # the same samples in both views
-        for v, key in enumerate(("ground", "aerial")):
-            x = batch[key]
-            k_perm = tf.stack([tf.cast(seed + 104729 + 2 * v, tf.int64), step])
-            k_gain = tf.stack([tf.cast(seed + 104730 + 2 * v, tf.int64), step])
-            keys = tf.random.stateless_uniform([b, 3], seed=k_perm) + (1.0 - on)[:, None] * tf.range(3.0) * 10.0
-            perm = tf.argsort(keys, axis=-1)  # the identity where the sample is not augmented
-            x = tf.gather(x, perm, axis=3, batch_dims=1)
-            gain = tf.random.stateless_uniform([b, 1, 1, 3], seed=k_gain, minval=0.6, maxval=1.4)
-            on4 = on[:, None, None, None]
-            batch[key] = x * (on4 * gain + (1.0 - on4))
-        return step, batch
-
-    return ds.map(shuffle)
-
-
-def _inject_nan(ds, step: int):
-    import tensorflow as tf
-
-    def put(i, batch):
-        batch = dict(batch)
-        bad = tf.equal(i, step - 1)
-        batch["ground"] = tf.where(bad, batch["ground"] * float("nan"), batch["ground"])
-        return i, batch
-
-    return ds.map(put)
 
 
 def set_determinism(seed: int, deterministic: bool) -> None:
@@ -214,13 +61,25 @@ def set_determinism(seed: int, deterministic: bool) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
+def _has_progress(out: str) -> bool:
+    """Whether a run directory holds anything a rerun would resume from (a committed epoch, a checkpoint)."""
+    ckpts = os.path.join(out, "checkpoints")
+    return (os.path.isfile(os.path.join(out, "backup", "state.json"))
+            or (os.path.isdir(ckpts) and any(f.endswith(".keras") for f in os.listdir(ckpts))))
+
+
 def _check_existing_run(out: str, cfg_hash: str):
     path = os.path.join(out, "config.yaml")
     if not os.path.exists(path):
         return
-    with open(path) as fh:
-        old = yaml.safe_load(fh) or {}
+    try:
+        with open(path) as fh:
+            old = yaml.safe_load(fh) or {}
+    except (OSError, yaml.YAMLError):
+        old = {}
     old_hash = config_hash(old)
+    if old_hash != cfg_hash and not _has_progress(out):
+        return  # a start that failed before its first epoch: nothing to protect, the corrected config wins
     if old_hash != cfg_hash:
         raise CVGLError(
             f"run directory {out} holds a run of another config (hash {old_hash}, this one {cfg_hash}); "
@@ -232,6 +91,9 @@ def run_training(cfg: dict, out: str, data: TrainData, *, strategy: str = "auto"
                  seed: int = 0, steps_per_epoch: Optional[int] = None, verbose: int | None = None,
                  validate_every: int = 1, log=print, build_fn=None, extra_callbacks=()) -> dict:
     """Train ``cfg`` (resolved) into run directory ``out``; returns the results dict (also results.json)."""
+    from common.training.schema import check_run_config
+
+    check_run_config(cfg)
     train_cfg = cfg["train"]
     epochs = int(train_cfg["epochs"])
     batch_size = int(train_cfg["batch_size"])
@@ -255,14 +117,16 @@ def run_training(cfg: dict, out: str, data: TrainData, *, strategy: str = "auto"
         cb.atomic_write_text(os.path.join(out, "config.yaml"), yaml.safe_dump(cfg, sort_keys=False))
 
     if build_fn is None:
-        from common.config import build_model as build_fn
+        from common.models.config import build_model as build_fn
 
     scope = strat.scope() if strat is not None else _nullcontext()
     with scope:
         model = build_fn(cfg)
         model(data.example, training=False)
         optimizer = build_optimizer(train_cfg.get("optimizer"), precision=precision, num_replicas=replicas)
-        model.compile(optimizer=optimizer, jit_compile=False)
+        # TensorFlow: no XLA (op determinism and the golden training step are checked without it); other
+        # backends (JAX) compile the step as they normally do
+        model.compile(optimizer=optimizer, jit_compile=False if keras.backend.backend() == "tensorflow" else "auto")
         # Optimizer slots made now, not in the first step: a tf.function that creates variables is traced
         # twice, and the optimizer's update is most of the trace (GeoDTR's first step: 108 s -> 53 s)
         model.optimizer.build(model.trainable_variables)
@@ -277,7 +141,7 @@ def run_training(cfg: dict, out: str, data: TrainData, *, strategy: str = "auto"
 
     state = cb.RunState("val_R@1" if data.embed_val is not None else "-loss")
     backup_dir = os.path.join(out, "backup") if chief else os.path.join(out, "backup", f"worker-{os.getpid()}")
-    kill_at = os.environ.get(cb.KILL_ENV)
+    kill_at = os.environ.get(KILL_ENV)
     kill_in_write = None
     if kill_at and kill_at.endswith(":write"):
         kill_in_write, kill_at = int(kill_at.split(":")[0]), None
@@ -320,7 +184,7 @@ def run_training(cfg: dict, out: str, data: TrainData, *, strategy: str = "auto"
         else:
             log("TensorBoard logging off: the tensorboard package is not installed (pip install tensorboard)")
     if kill_at:
-        callbacks.append(cb.KillSwitch(kill_at))
+        callbacks.append(KillSwitch(kill_at))
 
     log(f"run directory: {out}   config hash {cfg_hash}")
     log(f"strategy: {type(strat).__name__ if strat is not None else keras.backend.backend()} "
@@ -353,7 +217,7 @@ def run_training(cfg: dict, out: str, data: TrainData, *, strategy: str = "auto"
                         f"command resumes from the last good epoch")
     results = _results(cfg, cfg_hash, state, data, epochs, elapsed, policy, strategy, replicas, resume.resumed_from)
     if results["collapsed_epochs"]:
-        from common.collapse import ADVICE
+        from common.evaluation.collapse import ADVICE
 
         n_bad = len(results["collapsed_epochs"])
         if state.best_epoch is None and data.embed_val is not None:

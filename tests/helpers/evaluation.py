@@ -21,7 +21,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from common.model_base import CrossViewModel
+from common.models.base import CrossViewModel
 
 
 @keras.saving.register_keras_serializable(package="cvgl_test_helpers")
@@ -43,7 +43,7 @@ class MeanColourModel(CrossViewModel):
         return ops.normalize(self.aerial_dense(ops.mean(aerial, axis=(1, 2))), axis=-1)
 
     def family_loss(self, outputs, positions=None):
-        from common.losses import soft_margin_triplet
+        from common.training.losses import soft_margin_triplet
 
         return soft_margin_triplet(outputs["aerial"], outputs["ground"])
 
@@ -118,4 +118,16 @@ def write_raw_export(path: str) -> None:
             return tf.math.l2_normalize(x, axis=-1)
 
     module = RawExport()
-    tf.saved_model.save(module, os.path.join(path, "saved_model"))
+    tf.saved_model.save(module, os.path.join(path, "saved_model"),
+                        signatures={"embed_ground": module.embed_ground, "embed_aerial": module.embed_aerial})
+    # the metadata every export carries (a SavedModel without it is refused): its weights' fingerprint
+    import json
+
+    from common.data.specs import get_spec
+    from common.serving.export import FORMAT_VERSION, saved_model_variables, variables_fingerprint
+
+    loaded = tf.saved_model.load(os.path.join(path, "saved_model"))
+    meta = {"format_version": FORMAT_VERSION, "fingerprint": variables_fingerprint(saved_model_variables(loaded)),
+            "name": "raw_mean_colour", "input_spec": get_spec("geodtr_raw").to_config()}
+    with open(os.path.join(path, "export.json"), "w") as fh:
+        json.dump(meta, fh)

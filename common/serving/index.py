@@ -1,0 +1,167 @@
+"""An aerial index: the descriptors of a gallery of geo-tagged aerial images, built with an export, searched
+by a ground descriptor. The library behind ``python -m experiments.index`` and ``experiments.localize``.
+
+``build_index`` embeds in batches and checkpoints atomically (a killed build resumes where it stopped); the
+``.npz`` file carries the export's fingerprint, so an index is never searched with another model's descriptors.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+
+import numpy as np
+
+from common.errors import CVGLError
+
+
+INDEX_FORMAT = 1
+
+
+FAISS_MIN_GALLERY = 100_000  # "auto" uses FAISS (when installed) from this gallery size on
+
+
+def read_rgb(path: str, what: str = "image") -> np.ndarray:
+    """uint8 (H, W, 3) RGB of an image file; CVGLError naming the file when it is missing or unreadable."""
+    import cv2
+
+    if not os.path.isfile(path):
+        raise CVGLError(f"{what} not found: {path} (check the path)")
+    data = np.fromfile(path, dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if img is None:
+        raise CVGLError(f"{what} {path} cannot be read as an image (corrupt or not a JPEG/PNG); replace the file")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _atomic_savez(path: str, **arrays) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _partial_key(fingerprint: str, ids) -> str:
+    import hashlib
+
+    h = hashlib.sha256(fingerprint.encode())
+    for i in ids:
+        h.update(str(i).encode() + b"\0")
+    return h.hexdigest()
+
+
+def build_index(export, records, out: str, batch_size: int = 16, checkpoint_every: int = 2048,
+                description: dict | None = None, progress: bool = True) -> dict:
+    """Embed the aerial images of ``records`` with ``export`` (a :class:`common.serving.export.Export`) into ``out``."""
+    from tqdm import tqdm
+
+    from common.evaluation.embedding import embed_view_raw
+
+    if not records:
+        raise CVGLError("the split has no pairs to index; check --root/--split")
+    out = os.path.abspath(out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    ids = [r.id for r in records]
+    paths = [r.aerial for r in records]  # the raw aerial tiles: the export does the polar transform
+    positions = np.asarray([r.position if r.position is not None else (np.nan, np.nan) for r in records],
+                           dtype=np.float64)
+    n, dim = len(records), int(export.meta["descriptor_dim"])
+    key = _partial_key(export.fingerprint, ids)
+    partial = f"{os.path.splitext(out)[0]}.partial.npz"
+    emb = np.zeros((n, dim), dtype=np.float32)
+    done = 0
+    if os.path.isfile(partial):
+        try:
+            with np.load(partial, allow_pickle=False) as z:
+                if str(z["key"]) == key:
+                    done = int(z["done"])
+                    emb[:done] = z["embeddings"][:done]
+        except (OSError, ValueError, KeyError):
+            done = 0
+        if done:
+            print(f"resuming from {partial}: {done} of {n} images already embedded", file=sys.stderr)
+    bar = tqdm(total=n, initial=done, desc="embedding aerial images", unit="img", disable=not progress)
+    for a in range(done, n, checkpoint_every):  # one chunk per checkpoint
+        b = min(a + checkpoint_every, n)
+        emb[a:b] = embed_view_raw(export, records[a:b], "aerial", batch_size=batch_size, progress=False)
+        bar.update(b - a)
+        if b < n:
+            _atomic_savez(partial, key=np.asarray(key), done=np.asarray(b), embeddings=emb[:b])
+    bar.close()
+    meta = {
+        "format": INDEX_FORMAT,
+        "fingerprint": export.fingerprint,
+        "export": export.path,
+        "model": export.meta.get("name"),
+        "descriptor_dim": dim,
+        "count": n,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    meta.update(description or {})
+    _atomic_savez(out, embeddings=emb, ids=np.asarray(ids), positions=positions, aerial_paths=np.asarray(paths),
+                  meta=np.asarray(json.dumps(meta)))
+    if os.path.exists(partial):
+        os.remove(partial)
+    return meta
+
+
+class Index:
+    """A loaded index: ``embeddings``, ``ids``, ``positions``, ``aerial_paths``, ``meta``."""
+
+    def __init__(self, path, embeddings, ids, positions, aerial_paths, meta):
+        self.path = path
+        self.embeddings = embeddings
+        self.ids = ids
+        self.positions = positions
+        self.aerial_paths = aerial_paths
+        self.meta = meta
+        self.fingerprint = meta["fingerprint"]
+
+    def __len__(self):
+        return len(self.ids)
+
+
+def load_index(path: str) -> Index:
+    fix = "build it with python -m experiments.index build --export EXPORT_DIR ..."
+    if not os.path.isfile(path):
+        raise CVGLError(f"index not found: {path} ({fix})")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            idx = Index(os.path.abspath(path), z["embeddings"].astype(np.float32), [str(i) for i in z["ids"]],
+                        z["positions"].astype(np.float64), [str(p) for p in z["aerial_paths"]], meta)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CVGLError(f"index {path} is unreadable or not an index file ({exc}); {fix}") from None
+    if meta.get("format") != INDEX_FORMAT or "fingerprint" not in meta:
+        raise CVGLError(f"index {path} has format {meta.get('format')!r}, this code reads {INDEX_FORMAT}; {fix}")
+    return idx
+
+
+def check_compatible(index: Index, export) -> None:
+    """CVGLError unless ``index`` was built with the weights of ``export``."""
+    if index.fingerprint != export.fingerprint:
+        raise CVGLError(
+            f"index {index.path} was built with another model (fingerprint {index.fingerprint[:12]}, model "
+            f"{index.meta.get('model')!r}) than export {export.path} ({export.fingerprint[:12]}, model "
+            f"{export.meta.get('name')!r}); rebuild the index with: python -m experiments.index build --export "
+            f"{export.path} ..."
+        )
+
+
+def search(index: Index, query: np.ndarray, k: int = 5, backend: str = "auto"):
+    """Exact top-k aerials of each query descriptor: (indices (Q, k), distances 2 - 2 cos (Q, k))."""
+    from common.evaluation.search import topk_neighbours
+
+    if backend == "auto" and len(index) >= FAISS_MIN_GALLERY:
+        try:
+            import faiss  # noqa: F401
+
+            backend = "faiss"
+        except ImportError:
+            pass
+    return topk_neighbours(np.asarray(query, np.float32), index.embeddings, k, backend=backend)
