@@ -46,6 +46,10 @@ def _build(args):
     from common.data.readers import read_split
     from common.serving.export import load_export
 
+    for flag, value, low in (("--batch-size", args.batch_size, 1), ("--checkpoint-every", args.checkpoint_every, 1),
+                             ("--limit", args.limit, 0)):
+        if value < low:
+            raise CVGLError(f"{flag} must be >= {low}, got {value}" + (" (0 = all pairs)" if flag == "--limit" else ""))
     export = load_export(args.export)
     records = read_split(args.dataset, args.root, args.split, allow_missing=args.allow_missing)
     if args.limit:

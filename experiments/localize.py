@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 from common.errors import CVGLError, run_cli
 from common.serving.localize import find_true_id, format_hits, localize, save_picture
@@ -53,7 +54,8 @@ def main(argv=None):
     export = load_export(args.export)
     check_compatible(index, export)
     true_id = args.true_id or find_true_id(args.query, index.ids)
-    result = localize(export, index, image, k=min(args.top_k, len(index)), true_id=true_id, backend=args.backend)
+    result = localize(export, index, image, k=min(args.top_k, len(index)), true_id=true_id, backend=args.backend,
+                      say=lambda line: print(line, file=sys.stderr))
     result.update(query=os.path.abspath(args.query), index=index.path, export=export.path,
                   model=export.meta.get("name"))
     print(f"query {args.query} -> top {len(result['hits'])} of {len(index)} aerial images "

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -50,6 +51,38 @@ def _read_layout(root: str):
                     "pass --layout")
 
 
+MAX_SIDE = 4096  # pixels: larger than any real dataset's image side (CVACT panoramas are 832x1664)
+MAX_WORKERS = 256
+
+
+def check_flags(args) -> None:
+    """Range-check every numeric flag; a value out of range is one CVGLError naming the flag and the range
+    (``--aerial-size 0`` would otherwise silently fall back to the default size)."""
+    def whole(flag, value, lo, hi, what):
+        if value is not None and not lo <= value <= hi:
+            raise CVGLError(f"{flag} must be {what}, got {value}")
+
+    def real(flag, value, ok, what):
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise CVGLError(f"{flag} must be {what}, got {value}")
+
+    def size(flag, hw, lo):
+        if hw is not None and not all(lo <= v <= MAX_SIDE for v in hw):
+            raise CVGLError(f"{flag} must be HxW with both sides in {lo}..{MAX_SIDE} pixels, got {hw[0]}x{hw[1]}")
+
+    whole("--seed", args.seed, 0, 2 ** 32 - 1, "in 0..4294967295 (the area seed is 32-bit)")
+    for flag in ("train", "val", "test"):
+        whole(f"--{flag}", getattr(args, flag), 0, 10 ** 8, f"a number of pairs in 0..{10 ** 8}")
+    whole("--aerial-size", args.aerial_size, 16, MAX_SIDE, f"the aerial image side in 16..{MAX_SIDE} pixels")
+    size("--pano-size", args.pano_size, 8)
+    whole("--workers", args.workers, 1, MAX_WORKERS, f"a number of processes in 1..{MAX_WORKERS}")
+    real("--vfov", args.vfov, lambda v: 0 < v <= 180, "a vertical field of view in (0, 180] degrees")
+    real("--heading-noise", args.heading_noise, lambda v: 0 <= v <= 180,
+         "a standard deviation in [0, 180] degrees (0 = north-aligned)")
+    real("--near-fraction", args.near_fraction, lambda v: 0 <= v <= 1, "a share of the locations in [0, 1]")
+    size("--baseline-size", args.baseline_size, 1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m experiments.synth",
@@ -69,12 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CVACT only: extra test pairs; valSetAll (the 5 m test protocol) = val + test "
                         "(default 0)")
     p.add_argument("--aerial-size", type=int, default=None,
-                   help="aerial image side in pixels (default: 750 for cvusa, 1200 for cvact); the image "
-                        "always covers 150 m")
+                   help="aerial image side in pixels, 16..4096 (default: 750 for cvusa, 1200 for cvact); "
+                        "the image always covers 150 m")
     p.add_argument("--pano-size", type=_size_hw, default=None,
-                   help="panorama HxW (default: 224x1232 for cvusa, 832x1664 for cvact)")
-    p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1; the files "
-                                                          "are identical for any value)")
+                   help="panorama HxW, each side 8..4096 (default: 224x1232 for cvusa, 832x1664 for cvact)")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes, 1..256 (default 1; "
+                                                          "the files are identical for any value)")
     p.add_argument("--vfov", type=float, default=None,
                    help="vertical field of view of the panorama in degrees, centred on the horizon (default: "
                         "360 H / W for cvusa, i.e. square pixels, about +-33 deg; 180 for cvact)")
@@ -96,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    check_flags(args)
     if args.baseline:
         from common.synthetic.baseline import format_baseline, raw_pixel_baseline
 

@@ -7,7 +7,8 @@ Prints the resolved recipe first (every value that differs from the file is mark
 ``<- flag``), then trains with per-epoch validation (R@1 picks ``best.keras``, as in the papers), and writes
 the run directory (see :mod:`common.training.runner`): ``config.yaml``, ``checkpoints/best.keras`` and
 ``last.keras``, ``backup/`` (resume state), ``logs/`` (CSV, TensorBoard) and ``results.json``. Rerun the same
-command after a crash or a kill: it resumes after the last finished epoch.
+command after a crash or a kill: it resumes after the last finished epoch; rerun it with a larger ``--epochs``
+to extend a finished run. A run directory is used by one process at a time (``RUN/.lock``).
 
 Multi-GPU: ``--strategy mirrored`` (or ``auto`` with several GPUs). Multi-node: start the same command on
 every node with ``--strategy multiworker`` and that node's ``TF_CONFIG``; worker 0 writes the run directory
@@ -34,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a config YAML path, or the name of one shipped with a family (python -m experiments.families lists them)")
     p.add_argument("--root", required=True, help="dataset folder in the CVUSA or CVACT layout (the config's dataset)")
     p.add_argument("--out", required=True, help="run directory (created; an existing one of the same config is resumed)")
-    p.add_argument("--epochs", type=int, help="override train.epochs (the schedule spans this many epochs)")
+    p.add_argument("--epochs", type=int, help="override train.epochs (the schedule spans this many epochs); on a "
+                                               "finished run directory, a larger value extends the run")
     p.add_argument("--steps-per-epoch", type=int,
                    help="training steps per epoch (default: one pass over the training split)")
     p.add_argument("--batch-size", type=int, help="override train.batch_size (the GLOBAL batch over all replicas)")

@@ -74,8 +74,10 @@ def load_config(path_or_name: str) -> dict:
     for key in ("name", "dataset", "input_spec", "model", "train"):
         if key not in cfg:
             raise CVGLError(f"config {path} lacks the key '{key}' (see common/models/config.py for the schema)")
-    if not isinstance(cfg["model"], dict) or cfg["model"].get("family") not in registry.families():
-        family = cfg["model"].get("family") if isinstance(cfg["model"], dict) else None
+    if not isinstance(cfg["model"], dict):
+        raise CVGLError(f"config {path}: 'model' must be a mapping with a 'family' key, got {cfg['model']!r}")
+    if cfg["model"].get("family") not in registry.families():
+        family = cfg["model"].get("family")
         raise CVGLError(f"config {path}: model.family must be one of {registry.family_names()}, got {family!r}")
     cfg["_path"] = path
     return cfg

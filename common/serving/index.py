@@ -135,10 +135,20 @@ def load_index(path: str) -> Index:
             meta = json.loads(str(z["meta"]))
             idx = Index(os.path.abspath(path), z["embeddings"].astype(np.float32), [str(i) for i in z["ids"]],
                         z["positions"].astype(np.float64), [str(p) for p in z["aerial_paths"]], meta)
-    except (OSError, ValueError, KeyError) as exc:
-        raise CVGLError(f"index {path} is unreadable or not an index file ({exc}); {fix}") from None
-    if meta.get("format") != INDEX_FORMAT or "fingerprint" not in meta:
-        raise CVGLError(f"index {path} has format {meta.get('format')!r}, this code reads {INDEX_FORMAT}; {fix}")
+    except Exception as exc:  # noqa: BLE001 - a truncated .npz raises BadZipFile, EOFError, zlib errors...
+        raise CVGLError(f"index {path} is unreadable or not an index file ({type(exc).__name__}: {exc}); "
+                        f"{fix}") from None
+    if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT or "fingerprint" not in meta:
+        got = meta.get("format") if isinstance(meta, dict) else None
+        raise CVGLError(f"index {path} has format {got!r}, this code reads {INDEX_FORMAT}; {fix}")
+    n = len(idx.ids)
+    if idx.embeddings.ndim != 2 or idx.embeddings.shape[0] != n or idx.positions.shape != (n, 2) \
+            or len(idx.aerial_paths) != n or n == 0:
+        raise CVGLError(f"index {path} is inconsistent ({n} ids, embeddings {idx.embeddings.shape}, positions "
+                        f"{idx.positions.shape}); {fix}")
+    if not np.all(np.isfinite(idx.embeddings)) or np.any(np.abs(np.linalg.norm(idx.embeddings, axis=1) - 1) > 1e-3):
+        raise CVGLError(f"index {path} holds descriptors that are not unit vectors (an interrupted or damaged "
+                        f"build?); {fix}")
     return idx
 
 

@@ -26,12 +26,46 @@ def find_true_id(query_path: str, ids) -> str | None:
     return max(inside, key=len) if inside else None
 
 
-def localize(export, index, image: np.ndarray, k: int = 5, true_id: str | None = None, backend: str = "auto"):
+MIN_SIDE = 16  # pixels: below this a query holds no usable layout
+MAX_FACTOR = 8  # a query larger than this many times the model's input (per side) is area-downscaled first
+
+
+def prepare_query(image: np.ndarray, spec: dict, what: str = "query image", say=None) -> np.ndarray:
+    """Check a query panorama's size against the model's ground input ``spec`` (an InputSpec config).
+
+    Too small (a side under :data:`MIN_SIDE` px): CVGLError. Much larger than the model reads (more than
+    :data:`MAX_FACTOR` times its input per side): area-downscaled here, on the CPU, so that a 6000x30000
+    photo does not cost gigabytes inside the graph (the export's own resize would give nearly the same
+    pixels); ``say`` gets one line about it. Smaller than the input: embedded, with one line saying so.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise CVGLError(f"{what}: expected an RGB image, got an array of shape {image.shape} ({image.dtype})")
+    h, w = image.shape[:2]
+    gh, gw = spec["ground_size"]
+    if min(h, w) < MIN_SIDE:
+        raise CVGLError(f"{what} is {h}x{w} pixels: too small to localise (each side must be at least {MIN_SIDE} "
+                        f"px; the model reads {gh}x{gw}); give the full panorama")
+    if h > MAX_FACTOR * gh or w > MAX_FACTOR * gw:
+        import cv2
+
+        scale = min(MAX_FACTOR * gh / h, MAX_FACTOR * gw / w)
+        nh, nw = max(MIN_SIDE, int(round(h * scale))), max(MIN_SIDE, int(round(w * scale)))
+        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+        if say:
+            say(f"{what}: {h}x{w} is far larger than the model's {gh}x{gw} input; area-downscaled to {nh}x{nw} first")
+    elif (h < gh or w < gw) and say:
+        say(f"{what}: {h}x{w} is smaller than the model's {gh}x{gw} input; it is upsampled, expect a weaker match")
+    return image
+
+
+def localize(export, index, image: np.ndarray, k: int = 5, true_id: str | None = None, backend: str = "auto",
+             say=None):
     """Top-k of one uint8 (H, W, 3) panorama: a dict with the hits (rank, id, position, distance) and, when
     ``true_id`` is in the index, its rank (0-based: the number of aerials strictly closer)."""
     from common.serving.index import check_compatible, search
 
     check_compatible(index, export)
+    image = prepare_query(image, export.meta["input_spec"], say=say)
     q = export.embed_ground(image[None])
     idx, dist = search(index, q, k, backend=backend)
     hits = []

@@ -10,6 +10,7 @@ name and renamed) and the resumed run redoes at most the interrupted epoch.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -25,13 +26,44 @@ from common.errors import CVGLError
 # ------------------------------------------------------------------------------------------------------
 # atomic files
 # ------------------------------------------------------------------------------------------------------
+TMP_PREFIX = ".tmp-"  # every temporary file of a run directory is DIR/.tmp-<pid>-<final name>
+
+
+def tmp_path(path: str) -> str:
+    """The temporary name ``path`` is written under before the rename: ``DIR/.tmp-<pid>-NAME``. A process
+    killed in between leaves it behind; the next start of the run removes those of dead processes
+    (:func:`common.training.runner.remove_leftovers`)."""
+    return os.path.join(os.path.dirname(path) or ".", f"{TMP_PREFIX}{os.getpid()}-{os.path.basename(path)}")
+
+
+def _discard(tmp: str) -> None:
+    try:
+        os.remove(tmp)
+    except OSError:
+        pass
+
+
+def _atomic(path: str, write) -> None:
+    """``write(tmp)``, then rename ``tmp`` over ``path``; a failed write (a full disk) removes ``tmp``."""
+    tmp = tmp_path(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        _discard(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = path  # a failed write() names no file; the one-line error then can
+        raise
+
+
 def atomic_write_text(path: str, text: str) -> None:
-    tmp = os.path.join(os.path.dirname(path) or ".", f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    def write(tmp):
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    _atomic(path, write)
 
 
 def atomic_write_json(path: str, obj) -> None:
@@ -58,18 +90,48 @@ def _json_default(o):
     return str(o)
 
 
+def _variables_bytes(model) -> tuple:
+    """(bytes, count) of the variables a save writes: the model's and its optimizer's."""
+    variables = list(model.weights)
+    if getattr(model, "optimizer", None) is not None:
+        variables += list(model.optimizer.variables)
+    total = 0
+    for v in variables:
+        try:
+            itemsize = np.dtype(str(v.dtype)).itemsize
+        except TypeError:  # bfloat16 and the like
+            itemsize = 4
+        total += int(np.prod(tuple(v.shape), dtype=np.int64)) * itemsize
+    return total, len(variables)
+
+
+def _ensure_space(model, path: str) -> None:
+    """Refuse a checkpoint write that cannot fit, before h5py starts it: a full disk in the middle of an HDF5
+    file makes h5py print tracebacks from its destructors and crash the process at exit, where a plain
+    ENOSPC here gives the one-line error of :func:`common.errors.run_cli`. The estimate (variable bytes +
+    2 KiB per variable + 64 KiB) is above the real size (about 1 KiB per variable of HDF5 overhead)."""
+    nbytes, count = _variables_bytes(model)
+    need = nbytes + 2048 * count + 65536
+    try:
+        st = os.statvfs(os.path.dirname(path) or ".")
+    except (OSError, AttributeError):
+        return
+    free = (st.f_bfree if hasattr(os, "geteuid") and os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+    if free < need:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (about {need} bytes needed, {free} free)",
+                      path)
+
+
 def atomic_save_model(model, path: str) -> None:
     """``model.save`` to a temporary ``.keras`` name in the same folder, then rename over ``path``."""
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    model.save(tmp)
-    os.replace(tmp, path)
+    _ensure_space(model, path)
+    _atomic(path, model.save)
 
 
 def atomic_save_weights(model, path: str) -> None:
     """``model.save_weights`` (model and optimizer variables) to a temporary name, then rename."""
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    model.save_weights(tmp)
-    os.replace(tmp, path)
+    _ensure_space(model, path)
+    _atomic(path, model.save_weights)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -252,8 +314,7 @@ class ResumeState(keras.callbacks.BackupAndRestore):
         name = f"epoch-{epoch + 1}.weights.h5"
         path = os.path.join(self.backup_dir, name)
         if self.kill_in_write == epoch + 1:  # test hook: die with the new weights half-committed
-            tmp = os.path.join(self.backup_dir, f".tmp-{os.getpid()}-{name}")
-            self.model.save_weights(tmp)
+            self.model.save_weights(tmp_path(path))
             os.kill(os.getpid(), signal.SIGKILL)
         atomic_save_weights(self.model, path)
         step = (epoch + 1) * self.steps_per_epoch

@@ -12,8 +12,11 @@ Run directory::
     RUN/logs/tensorboard/      TensorBoard event files
     RUN/results.json           val metrics of the best checkpoint, epochs, time, config hash
 
-Rerunning the same command on an existing run directory resumes it (same config hash required); a finished
-run is reported as such and left alone.
+Rerunning the same command on an existing run directory resumes it (the same config, ``train.epochs`` aside);
+a finished run is reported as such and left alone, and a larger ``--epochs`` extends it (the schedule is then
+resolved over the new total; fewer epochs than were done is refused). ``RUN/.lock`` (an exclusive ``flock``
+holding the pid) keeps a second process off a run directory in use; the temporary files (``.tmp-PID-NAME``)
+of killed processes are removed at the next start.
 
 Determinism (``train.deterministic: true`` or ``--deterministic``; on in the demo and the tests): Keras, NumPy and
 Python seeded with ``--seed``, ``tf.config.experimental.enable_op_determinism()``, deterministic tf.data. The
@@ -30,8 +33,12 @@ builds it from a dataset folder); the cross-city augmentations (``train.azimuth_
 
 from __future__ import annotations
 
+import copy
+import errno
+import json
 import math
 import os
+import re
 import sys
 import time
 from typing import Optional
@@ -68,7 +75,25 @@ def _has_progress(out: str) -> bool:
             or (os.path.isdir(ckpts) and any(f.endswith(".keras") for f in os.listdir(ckpts))))
 
 
-def _check_existing_run(out: str, cfg_hash: str):
+def _identity(cfg: dict) -> str:
+    """The hash that says "the same run": the resolved config without ``train.epochs`` (a finished run can be
+    extended with a larger ``--epochs``)."""
+    cfg = copy.deepcopy(cfg) if isinstance(cfg, dict) else {}
+    if isinstance(cfg.get("train"), dict):
+        cfg["train"].pop("epochs", None)
+    return config_hash(cfg)
+
+
+def _epochs_done(out: str) -> int:
+    """Epochs committed in ``out``'s resume state (0 if none or unreadable: the resume reports that itself)."""
+    try:
+        with open(os.path.join(out, "backup", "state.json")) as fh:
+            return int(json.load(fh).get("epoch", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+
+
+def _check_existing_run(out: str, cfg: dict, epochs: int, log=print):
     path = os.path.join(out, "config.yaml")
     if not os.path.exists(path):
         return
@@ -77,14 +102,125 @@ def _check_existing_run(out: str, cfg_hash: str):
             old = yaml.safe_load(fh) or {}
     except (OSError, yaml.YAMLError):
         old = {}
-    old_hash = config_hash(old)
-    if old_hash != cfg_hash and not _has_progress(out):
-        return  # a start that failed before its first epoch: nothing to protect, the corrected config wins
-    if old_hash != cfg_hash:
+    if not isinstance(old, dict):
+        old = {}
+    if _identity(old) != _identity(cfg):
+        if not _has_progress(out):
+            return  # a start that failed before its first epoch: nothing to protect, the corrected config wins
         raise CVGLError(
-            f"run directory {out} holds a run of another config (hash {old_hash}, this one {cfg_hash}); "
-            "use a new --out, or delete that directory to start over"
+            f"run directory {out} holds a run of another config (hash {config_hash(old)}, this one "
+            f"{config_hash(cfg)}); use a new --out, or delete that directory to start over"
         )
+    done = _epochs_done(out)
+    if epochs < done:
+        raise CVGLError(f"--epochs {epochs} (train.epochs) is fewer than the {done} epochs run directory {out} has "
+                        f"finished; rerun with --epochs {done} or more (more extends it), or use another --out")
+    old_epochs = (old.get("train") or {}).get("epochs")
+    if done and old_epochs != epochs:
+        if isinstance(old_epochs, int) and done >= old_epochs:
+            log(f"extending a finished run from {old_epochs} to {epochs} epochs; the schedule now spans "
+                f"{epochs} epochs")
+        else:
+            log(f"changing the run (epoch {done} of {old_epochs} done) to {epochs} epochs; the schedule now "
+                f"spans {epochs} epochs")
+
+
+# ------------------------------------------------------------------------------------------------------
+# the run directory lock and the leftovers of killed processes
+# ------------------------------------------------------------------------------------------------------
+LOCK_NAME = ".lock"
+_LEFTOVER = re.compile(r"^" + re.escape(cb.TMP_PREFIX) + r"(\d+)-.+")  # cb.tmp_path's names
+
+
+def lock_run_dir(out: str):
+    """Take the exclusive lock of run directory ``out`` (``out/.lock``, non-blocking ``flock``, holding this
+    process's pid); returns the open descriptor (closing it, or the process ending in any way, releases it).
+    Another process holding it: CVGLError naming its pid."""
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: no lock
+        return None
+    try:
+        os.makedirs(out, exist_ok=True)
+        fd = os.open(os.path.join(out, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError as exc:
+        raise CVGLError(f"cannot write the run directory {out} ({exc.strerror}); use another --out") from None
+    except OSError as exc:
+        if exc.errno == errno.EROFS:
+            raise CVGLError(f"cannot write the run directory {out} (read-only file system); use another --out") \
+                from None
+        raise
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+            os.close(fd)
+            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                return None  # a file system without locks (some network mounts): run unlocked
+            raise
+        holder = ""
+        for _ in range(20):  # the holder writes its pid right after taking the lock
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            if holder:
+                break
+            time.sleep(0.025)
+        os.close(fd)
+        raise CVGLError(f"run directory {out} is in use by process {holder or '(unknown pid)'} (another "
+                        "experiments.train); wait for it or use another --out") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def unlock_run_dir(fd) -> None:
+    if fd is None:
+        return
+    try:
+        os.ftruncate(fd, 0)
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0 or pid == os.getpid():  # this process has written nothing yet: a reused pid's leftover
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def remove_leftovers(out: str) -> list:
+    """Remove the temporary files (``.tmp-PID-NAME``, :func:`common.training.callbacks.tmp_path`) that killed
+    processes left in ``out``, ``out/checkpoints``, ``out/backup`` and ``out/logs``: only those whose PID is
+    not a live process. Returns the removed paths."""
+    removed = []
+    for d in (out, *(os.path.join(out, s) for s in ("checkpoints", "backup", "logs"))):
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for name in names:
+            m = _LEFTOVER.match(name)
+            path = os.path.join(d, name)
+            if not m or _pid_alive(int(m.group(1))) or not os.path.isfile(path):
+                continue
+            try:
+                os.remove(path)
+                removed.append(path)
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def run_training(cfg: dict, out: str, data: TrainData, *, strategy: str = "auto", precision: str = "off",
@@ -101,9 +237,28 @@ def run_training(cfg: dict, out: str, data: TrainData, *, strategy: str = "auto"
         raise CVGLError(f"train.epochs must be >= 1 and train.batch_size >= 2 (the triplet loss needs a "
                         f"negative); got epochs={epochs}, batch_size={batch_size}")
     schedule = check_schedule(train_cfg.get("schedule"))
-    cfg_hash = config_hash(cfg)
-    _check_existing_run(out, cfg_hash)
     chief = is_chief()
+    # the lock first, before anything is written: a second process on this run directory stops here
+    lock = lock_run_dir(out) if chief else None
+    try:
+        return _run_locked(cfg, out, data, epochs, batch_size, schedule, chief, strategy=strategy,
+                           precision=precision, seed=seed, steps_per_epoch=steps_per_epoch, verbose=verbose,
+                           validate_every=validate_every, log=log, build_fn=build_fn,
+                           extra_callbacks=extra_callbacks)
+    finally:
+        unlock_run_dir(lock)
+
+
+def _run_locked(cfg, out, data, epochs, batch_size, schedule, chief, *, strategy, precision, seed,
+                steps_per_epoch, verbose, validate_every, log, build_fn, extra_callbacks) -> dict:
+    train_cfg = cfg["train"]
+    if chief:
+        gone = remove_leftovers(out)
+        if gone:
+            log(f"removed {len(gone)} temporary file(s) left by killed processes: "
+                + ", ".join(os.path.relpath(p, out) for p in gone))
+    cfg_hash = config_hash(cfg)
+    _check_existing_run(out, cfg, epochs, log)
 
     deterministic = bool(train_cfg.get("deterministic", False))
     set_determinism(seed, deterministic)
