@@ -103,6 +103,7 @@ def _copy(finished, tmp_path) -> str:
 # ------------------------------------------------------------------------------------------------------
 # 1. the run directory lock
 # ------------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # trains (the shared 2-epoch run of the fixture, then more)
 def test_second_process_on_a_run_directory_in_use_is_refused(finished, tmp_path):
     run = _copy(finished, tmp_path)
     fd = os.open(os.path.join(run, ".lock"), os.O_RDWR | os.O_CREAT)
@@ -122,6 +123,7 @@ def test_second_process_on_a_run_directory_in_use_is_refused(finished, tmp_path)
 # ------------------------------------------------------------------------------------------------------
 # 2. extending a finished run; fewer epochs than done
 # ------------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # trains (the shared 2-epoch run of the fixture, then more)
 def test_finished_run_extends_to_more_epochs(finished, tmp_path):
     run = _copy(finished, tmp_path)
     with open(os.path.join(run, "results.json")) as fh:
@@ -143,6 +145,7 @@ def test_finished_run_extends_to_more_epochs(finished, tmp_path):
         assert yaml.safe_load(fh)["train"]["epochs"] == 3
 
 
+@pytest.mark.slow  # trains (the shared 2-epoch run of the fixture, then more)
 def test_fewer_epochs_than_done_are_refused(finished, tmp_path):
     run = _copy(finished, tmp_path)
     before = _snapshot(run, skip=(".lock",))  # the lock file is the one thing a start writes
@@ -165,6 +168,7 @@ def _dead_pid() -> int:
     pytest.skip("no unused pid found between 900000 and 999999")
 
 
+@pytest.mark.slow  # trains (the shared 2-epoch run of the fixture, then more)
 def test_leftovers_of_killed_processes_are_removed(finished, tmp_path):
     run = _copy(finished, tmp_path)
     dead = _dead_pid()
