@@ -69,6 +69,7 @@ def _hostile(good: str, out: str, kind: str, marker: str) -> str:
     return out
 
 
+@pytest.mark.slow  # the module's export fixture (write_export already runs the check on every export)
 def test_our_exports_pass_the_check(good_export):
     report = check_saved_model(os.path.join(good_export, "saved_model"))
     assert report["functions"] > 2 and set(report["ops"]) - COMPUTE_OPS <= {"SaveV2", "RestoreV2", "MergeV2Checkpoints",
@@ -77,6 +78,7 @@ def test_our_exports_pass_the_check(good_export):
                                                                           "DisableCopyOnRead"}
 
 
+@pytest.mark.slow  # builds and saves three hostile SavedModels
 @pytest.mark.parametrize("kind,op", [("write_file", "WriteFile"), ("py_func", "EagerPyFunc"), ("read_file", "ReadFile")])
 def test_hostile_export_is_refused_before_it_runs(good_export, tmp_path, kind, op):
     marker = str(tmp_path / "pwned.txt")
@@ -130,6 +132,7 @@ def test_every_command_refuses_a_hostile_export(good_export, tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(before + ["index.npz"])  # nothing else was written
 
 
+@pytest.mark.slow  # the module's export fixture
 def test_an_export_without_its_metadata_is_refused(good_export, tmp_path):
     from common.serving.export import load_export
 

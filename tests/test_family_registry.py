@@ -120,6 +120,7 @@ def test_a_new_family_goes_through_every_command(standin, tmp_path, capsys):
     assert listed["standin"]["configs"] == ["standin_tiny"] and "standin_polar" in listed["standin"]["input_specs"]
 
 
+@pytest.mark.slow  # a fresh process
 def test_out_of_tree_family_loads_from_the_environment(tmp_path):
     env = dict(os.environ, CVGL_FAMILIES="tests.standin_family", PYTHONPATH=ROOT)
     out = subprocess.run([sys.executable, "-m", "experiments.families", "--json"], cwd=ROOT, env=env,
