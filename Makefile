@@ -16,11 +16,11 @@ $(STAMP): requirements.txt
 
 # Two workers: the suite is mostly TensorFlow graph building, which parallelises well across processes.
 test: setup
-	$(PY) -m pytest -n 2
+	$(PY) -m pytest -n 2 --dist worksteal
 
 # The fast lane for the edit loop: everything but the tests marked slow (learning, resume, golden step, demo).
 test-fast: setup
-	$(PY) -m pytest -n 2 -m "not slow"
+	$(PY) -m pytest -n 2 --dist worksteal -m "not slow"
 
 demo: setup
 	$(PY) -m experiments.demo --out demo_out

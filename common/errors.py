@@ -10,6 +10,7 @@ temporary name and renamed, so what was finished is whole and a rerun of the sam
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -112,5 +113,17 @@ def _no_space_file(exc: BaseException):
 def no_space_message(exc: BaseException) -> str:
     name = _no_space_file(exc)
     where = f" (writing {name})" if name else ""
-    return (f"no space left on device{where}; free space and rerun: finished files are kept and the run "
-            "resumes")
+    return (f"no space left on device{where}; free space and rerun the same command: finished files are kept "
+            "whole and the rest is done again")
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Within the block a full disk names ``path``: for writers whose error names no file (TensorFlow's
+    SavedModel writer, h5py, matplotlib), so the one line of :func:`run_cli` can say what was being written."""
+    try:
+        yield
+    except Exception as exc:
+        if is_no_space(exc) and _no_space_file(exc) is None:
+            raise OSError(errno.ENOSPC, "No space left on device", os.fspath(path)) from exc
+        raise

@@ -49,15 +49,10 @@ def main(argv=None) -> int:
     convert = next(fam.converters[args.model] for fam in registry.families().values() if args.model in fam.converters)
     sd = read_state_dict(args.checkpoint)
     model, what = convert(sd, args)
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = os.path.join(out_dir, f".tmp-{os.getpid()}-{os.path.basename(args.out)}")
-    try:
+    from common.files import atomic_path
+
+    with atomic_path(args.out) as tmp:  # .tmp-PID-NAME.keras: Keras wants the ending
         model.save(tmp)
-        os.replace(tmp, args.out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     print(f"converted {len(sd)} tensors from {args.checkpoint} -> {args.out}: {what}")
     return 0
 

@@ -306,7 +306,8 @@ def export_and_localise(run_dir, export_dir, root, query, work):
     Returns a summary dict."""
     from common.data.readers import read_split
     from common.serving.export import load_export, model_card, write_export
-    from common.serving.index import build_index, load_index, read_rgb
+    from common.data.images import read_rgb
+    from common.serving.index import build_index, load_index
     from common.serving.loading import load_trained_model, resolve_run
     from common.serving.localize import find_true_id, localize, save_picture
     from common.serving.preprocess import end_to_end

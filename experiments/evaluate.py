@@ -24,7 +24,6 @@ import datetime
 import json
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -127,17 +126,9 @@ def format_table(result: dict) -> str:
 
 
 def _atomic_write(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from common.files import write_bytes
+
+    write_bytes(path, data)
 
 
 def plot_curve(result: dict, path: str) -> None:

@@ -47,7 +47,9 @@ def main(argv=None):
         raise CVGLError(f"--top-k must be a positive integer, got {args.top_k}")
 
     from common.serving.export import load_export
-    from common.serving.index import check_compatible, load_index, read_rgb
+    from common.data.images import read_rgb
+    from common.files import write_text
+    from common.serving.index import check_compatible, load_index
 
     image = read_rgb(args.query, "query image")
     index = load_index(args.index)
@@ -64,10 +66,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.splitext(os.path.basename(args.query))[0]
     json_path = os.path.join(args.out, f"{stem}.json")
-    tmp = f"{json_path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(result, fh, indent=2)
-    os.replace(tmp, json_path)
+    write_text(json_path, json.dumps(result, indent=2))
     png_path = os.path.join(args.out, f"{stem}.png")
     save_picture(image, result, png_path, title=f"query {os.path.basename(args.query)}")
     print(f"wrote {json_path} and {png_path}")

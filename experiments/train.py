@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split validated after every epoch (default val; CVUSA's val IS its test split); "
                         "'none' turns validation off (best.keras then follows the training loss)")
     p.add_argument("--validate-every", type=int, default=1, help="validate every N epochs (and after the last)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="drop (and list) the pairs whose images are missing, cut short or listed in the root's "
+                        "bad_pairs.txt (by prepare --verify) instead of refusing to start (default: refuse)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (see below)")
     return p
 
@@ -83,7 +86,7 @@ def main(argv=None) -> int:
     spec = get_spec(cfg["input_spec"])
     val_split = None if args.val_split.lower() == "none" else args.val_split
     data = records_data(cfg, args.root, spec, seed=train["seed"], val_split=val_split,
-                        embed_batch_size=max(2, int(train["batch_size"])))
+                        embed_batch_size=max(2, int(train["batch_size"])), allow_missing=args.allow_missing)
     results = run_training(cfg, os.path.abspath(args.out), data, strategy=args.strategy,
                            precision=train["mixed_precision"], seed=int(train["seed"]),
                            steps_per_epoch=train.get("steps_per_epoch"), validate_every=args.validate_every)

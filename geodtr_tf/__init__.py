@@ -87,6 +87,7 @@ def _register():
         },
         demo=DEMO_RECIPE,
         tiny={"model": {"num_descriptors": 2, "num_layers": 1, "num_heads": 1, "ffn_dim": 32,
+                        "backbone_widths": [8, 8, 16, 16], "backbone_depths": [1, 1, 1, 1],
                         "backbone_weights": "random"}, "input_size": (32, 176)},
     ))
 

@@ -51,7 +51,7 @@ class GeoDTR(CrossViewModel):
 
     def __init__(self, input_spec="geodtr_polar", num_descriptors=8, num_layers=2, num_heads=4, ffn_dim=2048,
                  dropout=0.3, counterfactual=True, alpha=10.0, beta=5.0, seed=None, backbone_widths=None,
-                 **kwargs):
+                 backbone_depths=None, **kwargs):
         super().__init__(input_spec=input_spec, **kwargs)
         spec = self.input_spec_
         self.num_descriptors = int(num_descriptors)
@@ -73,10 +73,14 @@ class GeoDTR(CrossViewModel):
                    ffn_dim=self.ffn_dim, dropout=self.dropout_rate)
         # official attribute names: backbone_grd / backbone_sat / ge_grd / ge_sat
         # backbone_widths: None = ResNet-34's (64, 128, 256, 512); smaller only for CPU demos / tests
+        # backbone_depths: None = ResNet-34's blocks per stage (3, 4, 6, 3); (1, 1, 1, 1) for tiny test variants
         self.backbone_widths = None if backbone_widths is None else [int(w) for w in backbone_widths]
+        self.backbone_depths = None if backbone_depths is None else [int(d) for d in backbone_depths]
         dt = self.dtype_policy  # every sublayer computes in the model's policy (mixed_float16, float64, ...)
-        self.backbone_ground = ResNet34(widths=self.backbone_widths, name="backbone_grd", dtype=dt)
-        self.backbone_aerial = ResNet34(widths=self.backbone_widths, name="backbone_sat", dtype=dt)
+        self.backbone_ground = ResNet34(widths=self.backbone_widths, depths=self.backbone_depths,
+                                        name="backbone_grd", dtype=dt)
+        self.backbone_aerial = ResNet34(widths=self.backbone_widths, depths=self.backbone_depths,
+                                        name="backbone_sat", dtype=dt)
         self.gle_ground = GeometricLayoutExtractor(feature_positions(spec.ground_size), name="ge_grd",
                                                    dtype=dt, **gle)
         self.gle_aerial = GeometricLayoutExtractor(feature_positions(spec.aerial_size), name="ge_sat",
@@ -162,6 +166,8 @@ class GeoDTR(CrossViewModel):
         config.update(num_descriptors=self.num_descriptors, num_layers=self.num_layers, num_heads=self.num_heads,
                       ffn_dim=self.ffn_dim, dropout=self.dropout_rate, counterfactual=self.counterfactual,
                       alpha=self.alpha, beta=self.beta, seed=self.seed, backbone_widths=self.backbone_widths)
+        if self.backbone_depths is not None:
+            config.update(backbone_depths=self.backbone_depths)
         return config
 
     @classmethod
@@ -174,7 +180,7 @@ class GeoDTR(CrossViewModel):
 # --- building from a config ---------------------------------------------------------------------------
 
 MODEL_KEYS = ("num_descriptors", "num_layers", "num_heads", "ffn_dim", "dropout", "counterfactual", "alpha",
-              "beta", "seed", "backbone_widths")
+              "beta", "seed", "backbone_widths", "backbone_depths")
 
 
 def resolve_backbone_weights(value):

@@ -13,21 +13,11 @@ upsampled to the image and drawn with a diverging colour map (red +1, blue −1)
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
-from common.errors import CVGLError, require_file
-
-
-def _read_rgb(path):
-    import cv2
-
-    require_file(path, "image", "give an existing JPEG/PNG file")
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise CVGLError(f"image {path} could not be decoded (is it a JPEG/PNG?)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+from common.data.images import read_rgb
+from common.errors import CVGLError
 
 
 def prepare_pair(spec, ground_rgb, aerial_rgb):
@@ -102,16 +92,13 @@ def draw_layout(ground_img, aerial_img, maps, out_png, title="", alpha=0.55) -> 
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03, pad=0.01, label="P (layout descriptor)")
     fig.suptitle(title or f"GeoDTR: {k} geometric layout descriptors")
-    out_dir = os.path.dirname(os.path.abspath(out_png))
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = os.path.join(out_dir, f".tmp-{os.getpid()}-{os.path.basename(out_png)}")
+    from common.files import atomic_path
+
     try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, out_png)
+        with atomic_path(out_png) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return out_png
 
 
@@ -119,7 +106,7 @@ def draw_layout(ground_img, aerial_img, maps, out_png, title="", alpha=0.55) -> 
 
 def show_descriptors(model, ground_path, aerial_path, out_png, title="") -> dict:
     """Read the two images, run the model, draw the picture; returns the maps."""
-    g_in, a_in, g_img, a_img = prepare_pair(model.input_spec_, _read_rgb(ground_path), _read_rgb(aerial_path))
+    g_in, a_in, g_img, a_img = prepare_pair(model.input_spec_, read_rgb(ground_path), read_rgb(aerial_path))
     maps = layout_maps(model, g_in, a_in)
     draw_layout(g_img, a_img, maps, out_png, title=title)
     return maps

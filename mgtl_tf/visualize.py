@@ -19,20 +19,9 @@ import os
 
 import numpy as np
 
+from common.data.images import read_rgb
 from common.data.specs import get_spec
 from common.errors import CVGLError
-
-
-def read_rgb(path: str) -> np.ndarray:
-    """uint8 RGB (H, W, 3) image from disk; CVGLError naming the file when it is missing or unreadable."""
-    import cv2
-
-    if not os.path.isfile(path):
-        raise CVGLError(f"image not found: {path} (give an existing ground/aerial image file)")
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise CVGLError(f"cannot read image {path}: not a JPEG/PNG image OpenCV can decode")
-    return bgr[..., ::-1].copy()
 
 
 def prepare_pair(ground_rgb: np.ndarray, aerial_rgb: np.ndarray, spec):
@@ -133,10 +122,13 @@ def attention_figure(maps: dict, ground_rgb: np.ndarray, aerial_rgb: np.ndarray,
     out_dir = os.path.dirname(os.path.abspath(out_png))
     if not os.path.isdir(out_dir):
         raise CVGLError(f"output folder does not exist: {out_dir} (create it or choose another --out)")
-    tmp = out_png + ".tmp.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, out_png)
+    from common.files import atomic_path
+
+    try:
+        with atomic_path(out_png, makedirs=False) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    finally:
+        plt.close(fig)
     return out_png
 
 

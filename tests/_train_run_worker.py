@@ -1,6 +1,6 @@
 """Run one tiny training in this process (used by tests/test_train_resume.py through a subprocess).
 
-Usage: python tests/_train_run_worker.py RUN_DIR EPOCHS [geodtr]. Data: 48 random pairs (seeded), the tiny
+Usage: python tests/_train_run_worker.py RUN_DIR EPOCHS [geodtr | tiny-exact]. Data: 48 random pairs (seeded), the tiny
 two-tower model of tests/train_tiny.py, AdamW + warm-up cosine, validation on 24 pairs; with ``geodtr``: a tiny
 real GeoDTR with dropout, counterfactual noise, azimuth roll and colour shuffle, deterministic, on 32 pairs of
 32x64 / 32x32 arrays (tests/train_tiny.geodtr_tiny_config). The fault hooks
@@ -34,9 +34,11 @@ def main(argv=None):
         warnings.simplefilter("ignore")
         run_training(geodtr_tiny_config(epochs), out, array_data(32, 16, size=32), strategy="auto", seed=3,
                      verbose=0)
-    else:
-        run_training(tiny_config(epochs), out, array_data(), strategy="auto", seed=0, verbose=0,
-                     build_fn=build_tiny)
+    else:  # the tiny two-tower model; "tiny-exact": deterministic, for the bit-for-bit resume test
+        cfg = tiny_config(epochs)
+        if len(sys.argv) > 3 and sys.argv[3] == "tiny-exact":
+            cfg["train"]["deterministic"] = True
+        run_training(cfg, out, array_data(), strategy="auto", seed=0, verbose=0, build_fn=build_tiny)
     print("finished")
 
 

@@ -23,3 +23,9 @@ def rng():
 
 # The shipped model families (and any named in CVGL_FAMILIES) are known to the registry, as for the commands.
 import experiments  # noqa: E402,F401
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first (a stable sort: each module's tests stay in their order), so that with
+    ``make test``'s two workers (``--dist worksteal``) no long test starts last while the other worker idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

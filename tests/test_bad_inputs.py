@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -105,25 +103,7 @@ def bench(tmp_path_factory):
     return b
 
 
-def _run(cases):
-    path = os.path.join(os.path.dirname(cases[0][1][-1]) if False else os.getcwd(), ".cli_cases.json")
-    with open(path, "w") as fh:
-        json.dump(cases, fh)
-    env = dict(os.environ, PYTHONPATH=ROOT, CVGL_FAMILIES="tests.standin_family", TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run([sys.executable, "-m", "tests.helpers.cli_cases", path], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
-    os.remove(path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _assert_one_error(res, *needles):
-    assert res["rc"] == 2, res["stderr"][-2000:]
-    assert not res["traceback"], res["stderr"][-2000:]
-    errors = [ln for ln in res["stderr"].splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 1, res["stderr"][-2000:]
-    for n in needles:
-        assert n in errors[0], (n, errors[0])
+from tests.helpers.cli_cases import assert_one_error as _assert_one_error, run_cases as _run  # noqa: E402
 
 
 @pytest.mark.slow
@@ -233,3 +213,64 @@ def test_prepare_cleans_up_and_verify_redoes_damaged_outputs(bench, tmp_path):
     scipy.io.savemat(mat_path, {k: v for k, v in mat.items() if not k.startswith("__")})
     res = _run([("experiments.prepare", ["--dataset", "cvact", "--root", cvact, "--check-only"])])[0]
     _assert_one_error(res, "non-integer indices", "ACT_data.mat")
+
+
+def _scramble(path):
+    """Overwrite the middle of an image with bytes no decoder accepts, keeping its head and end marker (so
+    the cheap structural check passes and only a full decode finds it)."""
+    data = bytearray(open(path, "rb").read())
+    start = len(data) // 3
+    for i in range(start, min(start + 400, len(data) - 4)):
+        data[i] = 0xFF if i % 2 else 0x00
+    open(path, "wb").write(bytes(data))
+
+
+@pytest.mark.slow
+def test_undecodable_images_are_named(bench, tmp_path):
+    """A JPEG whole in structure but undecodable inside, in the training split (train) and in the val split
+    (evaluate a .keras model, evaluate an export): one line naming the file; a zero-byte prepared polar map
+    is named too. ``prepare --verify`` lists the bad pair, and ``--allow-missing`` then drops it and says so."""
+    from common.data.images import image_problem
+    from common.data.readers import prepared_polar_path, read_split
+
+    world = str(tmp_path / "w")
+    shutil.copytree(bench["world"], world)
+    bad_train = read_split("cvusa", world, "train")[2].ground
+    bad_val = read_split("cvusa", world, "val")[3].aerial
+    for path in (bad_train, bad_val):
+        _scramble(path)
+        assert image_problem(path) is None  # the structure is whole
+    zero = str(tmp_path / "z")
+    shutil.copytree(bench["world"], zero)
+    polar = prepared_polar_path(read_split("cvusa", zero, "val")[1], (16, 88))
+    os.makedirs(os.path.dirname(polar), exist_ok=True)
+    open(polar, "wb").close()
+
+    ev = ["--dataset", "cvusa", "--split", "val", "--no-progress", "--out", str(tmp_path / "e.json")]
+    cases = {
+        "undecodable (train)": (("experiments.train", ["--config", "standin_tiny", "--root", world, "--out",
+                                                      str(tmp_path / "run"), "--epochs", "1", "--val-split", "none"]),
+                                (os.path.basename(bad_train), "cannot be decoded", "--verify")),
+        "undecodable (evaluate --weights)": (("experiments.evaluate", ev + ["--root", world, "--weights",
+                                                                           bench["weights"]]),
+                                             (os.path.basename(bad_val), "cannot be decoded")),
+        "undecodable (evaluate --export)": (("experiments.evaluate", ev + ["--root", world, "--export",
+                                                                          bench["export"]]),
+                                            (os.path.basename(bad_val),)),
+        "zero-byte prepared map": (("experiments.evaluate", ev + ["--root", zero, "--weights", bench["weights"]]),
+                                   (os.path.basename(polar), "0 bytes", "--verify")),
+    }
+    results = _run([c for c, _ in cases.values()])
+    for (name, (_, needles)), res in zip(cases.items(), results):
+        try:
+            _assert_one_error(res, *needles)
+        except AssertionError as exc:
+            raise AssertionError(f"case {name!r}: {exc}") from None
+
+    verify, dropped = _run([
+        ("experiments.prepare", ["--dataset", "cvusa", "--root", world, "--workers", "1", "--verify"]),
+        ("experiments.evaluate", ev + ["--root", world, "--weights", bench["weights"], "--allow-missing"])])
+    _assert_one_error(verify, "bad_pairs.txt")
+    assert os.path.basename(bad_val) in verify["stderr"] and os.path.basename(bad_train) in verify["stderr"]
+    assert dropped["rc"] == 0 and not dropped["traceback"], dropped["stderr"][-1500:]
+    assert "dropped 1 pair(s)" in dropped["stderr"], dropped["stderr"][-1500:]

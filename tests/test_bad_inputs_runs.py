@@ -228,7 +228,7 @@ def _run_cli_stderr(fn, capsys):
 
 def test_run_cli_turns_a_full_disk_into_one_line(capsys, monkeypatch):
     monkeypatch.delenv("CVGL_TRACEBACK", raising=False)
-    tail = "; free space and rerun: finished files are kept and the run resumes\n"
+    tail = "; free space and rerun the same command: finished files are kept whole and the rest is done again\n"
 
     def enospc(argv):
         raise OSError(errno.ENOSPC, "No space left on device", "/r/checkpoints/.tmp-123-last.keras")
@@ -343,7 +343,8 @@ def test_synth_into_a_full_disk_is_one_line_and_leaves_no_temporary_file(small_d
             "--no-sheet"]
     res = _cli("experiments.synth", args)
     line = _one_error(res, "no space left on device (writing " + out, "free space and rerun")
-    assert line.endswith(".jpg); free space and rerun: finished files are kept and the run resumes"), line
+    assert line.endswith(".jpg); free space and rerun the same command: finished files are kept whole and the "
+                         "rest is done again"), line
     names = [os.path.join(d, f) for d, _, fs in os.walk(small_disk) for f in fs]
     assert not [n for n in names if ".tmp" in os.path.basename(n)], names
     import cv2
@@ -354,6 +355,92 @@ def test_synth_into_a_full_disk_is_one_line_and_leaves_no_temporary_file(small_d
     again = _cli("experiments.synth", args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert os.path.isfile(os.path.join(out, "synth.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [2])
+def test_synth_with_workers_into_a_full_disk(small_disk, workers):
+    """As above with worker processes: the worker's full disk is the same one line (no traceback from the
+    pool), no temporary file is left, and the rerun resumes."""
+    free = shutil.disk_usage(small_disk).free
+    filler = os.path.join(small_disk, "filler")
+    with open(filler, "wb") as fh:
+        fh.write(b"\0" * (free - 150 * 1024))
+    out = os.path.join(small_disk, "world")
+    args = ["--layout", "cvusa", "--out", out, "--train", "12", "--aerial-size", "256", "--pano-size", "64x352",
+            "--no-sheet", "--workers", str(workers)]
+    _one_error(_cli("experiments.synth", args), "no space left on device (writing " + out, "free space and rerun")
+    names = [os.path.join(d, f) for d, _, fs in os.walk(small_disk) for f in fs]
+    assert not [n for n in names if ".tmp" in os.path.basename(n)], names
+    os.remove(filler)
+    again = _cli("experiments.synth", args)
+    assert again.returncode == 0, again.stderr[-3000:]
+
+
+def _fill(disk, leave=0):
+    """Fill ``disk`` until (about) ``leave`` bytes are free."""
+    filler = os.path.join(disk, "filler")
+    with open(filler, "ab") as fh:
+        try:
+            while shutil.disk_usage(disk).free > leave:
+                fh.write(b"\0" * max(4096, min(1 << 20, shutil.disk_usage(disk).free - leave)))
+                fh.flush()
+        except OSError:
+            pass
+    return filler
+
+
+@pytest.mark.slow
+def test_serving_outputs_on_a_full_disk(small_disk, tmp_path):
+    """export, index build, evaluate --out and localize --out into a full disk: one line each, naming what it
+    was writing, rc 2, no temporary file left, and the good files already on the disk (an earlier
+    localisation's JSON and picture, an earlier index) untouched."""
+    from tests.helpers.cli_cases import assert_one_error, run_cases
+    from tests.helpers.world import tiny_world
+
+    import tests.standin_family as fam
+    from common.data.readers import read_split
+    from common.serving.export import load_export, write_export
+    from common.serving.index import build_index
+    from common.serving.preprocess import end_to_end
+
+    world = tiny_world(tmp_path, "cvusa", n_train=4, n_val=6, aerial_size=64, pano_size=(16, 88))
+    model = fam.build_model({}, fam.STANDIN_SPEC)
+    weights = str(tmp_path / "best.keras")
+    model.save(weights)
+    export = str(tmp_path / "export")
+    write_export(end_to_end(model), export, {"name": "standin_tiny", "model": {"family": "standin"}})
+    query = read_split("cvusa", world, "val")[0].ground
+    index = os.path.join(small_disk, "earlier.npz")
+    build_index(load_export(export), read_split("cvusa", world, "val"), index, progress=False)
+    loc_out = os.path.join(small_disk, "loc")
+    first = run_cases([("experiments.localize", ["--export", export, "--index", index, "--query", query,
+                                                 "--out", loc_out])])[0]
+    assert first["rc"] == 0, first["stderr"][-2000:]
+    before = _snapshot(small_disk)
+    filler = _fill(small_disk)
+
+    cases = {
+        "export": (("experiments.export", ["--weights", weights, "--config", "standin_tiny", "--out",
+                                           os.path.join(small_disk, "new_export")]), "new_export"),
+        "index build": (("experiments.index", ["build", "--export", export, "--dataset", "cvusa", "--root", world,
+                                               "--split", "val", "--out", os.path.join(small_disk, "new.npz")]),
+                        "new.npz"),
+        "evaluate --out": (("experiments.evaluate", ["--dataset", "cvusa", "--split", "val", "--root", world,
+                                                     "--export", export, "--no-progress", "--out",
+                                                     os.path.join(small_disk, "e.json")]), "e.json"),
+        "localize (again, same --out)": (("experiments.localize", ["--export", export, "--index", index, "--query",
+                                                                   query, "--out", loc_out]), loc_out),
+    }
+    results = run_cases([c for c, _ in cases.values()])
+    for (name, (_, needle)), res in zip(cases.items(), results):
+        try:
+            line = assert_one_error(res, "no space left on device", needle)
+        except AssertionError as exc:
+            raise AssertionError(f"case {name!r}: {exc}") from None
+        assert "free space" in line, line
+    os.remove(filler)
+    assert _snapshot(small_disk) == before  # nothing half-written, the earlier files as they were
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -98,7 +98,8 @@ def _geodtr():
     from geodtr_tf import build_model
 
     return build_model({"backbone_weights": "random", "num_descriptors": 2, "num_layers": 1, "num_heads": 1,
-                        "ffn_dim": 32}, TINY_GEODTR)
+                        "ffn_dim": 32, "backbone_widths": [8, 8, 16, 16], "backbone_depths": [1, 1, 1, 1]},
+                       TINY_GEODTR)
 
 
 def _mgtl():

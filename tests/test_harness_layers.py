@@ -147,7 +147,7 @@ def _geodtr(**kw):
     from geodtr_tf import GeoDTR
 
     return GeoDTR(input_spec=GEODTR_TINY, seed=3, num_descriptors=2, num_layers=1, num_heads=3, ffn_dim=16,
-                  dropout=0.3, backbone_widths=(4, 4, 8, 8), **kw)
+                  dropout=0.3, backbone_widths=(4, 4, 8, 8), backbone_depths=(1, 1, 1, 1), **kw)
 
 
 def _mgtl(variant, vgg_dropout=0.0):

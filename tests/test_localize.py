@@ -17,7 +17,7 @@ import pytest
 
 from common.data.readers import read_split
 from common.data.specs import InputSpec
-from common.evaluation.embedding import read_rgb
+from common.data.images import read_rgb
 from common.errors import CVGLError
 from common.serving.export import load_export, write_export
 from common.serving.preprocess import AerialPreprocess, GroundPreprocess, end_to_end
@@ -141,7 +141,7 @@ def test_bad_inputs_fail_clearly(world, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 this is not a jpeg")
     args = ["--export", world["export"], "--index", world["index"], "--out", str(tmp_path / "o")]
-    with pytest.raises(CVGLError, match="cannot be read as an image"):
+    with pytest.raises(CVGLError, match="query image: truncated JPEG .*broken.jpg"):
         localize_cli.main(args + ["--query", str(bad)])
     with pytest.raises(CVGLError, match="query image not found"):
         localize_cli.main(args + ["--query", str(tmp_path / "missing.jpg")])

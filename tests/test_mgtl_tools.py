@@ -118,7 +118,7 @@ def test_visualize_cli_draws_mgtl_attention(tmp_path):
     assert visualize.main(["--weights", weights, "--ground", g, "--aerial", a, "--out", out, "--head", "2"]) == 0
     image = cv2.imread(out)
     assert image is not None and image.shape[0] > 400 and image.shape[1] > 400
-    assert not os.path.exists(out + ".tmp.png")
+    assert not [f for f in os.listdir(os.path.dirname(out)) if ".tmp" in f]
     from mgtl_tf.visualize import attention_maps, prepare_pair, read_rgb
 
     ground, aerial = prepare_pair(read_rgb(g), read_rgb(a), spec)

@@ -229,3 +229,20 @@ def test_resnet_weight_names_and_order_are_unchanged(monkeypatch):
     assert ours == paths()
     assert ours[1:5] == [("trunk/bn1/gamma", (64,)), ("trunk/bn1/beta", (64,)),
                          ("trunk/bn1/moving_mean", (64,)), ("trunk/bn1/moving_variance", (64,))]
+
+
+def test_tiny_depths_variant_and_its_config():
+    """``depths`` (blocks per stage) makes the tiny test variants: (1, 1, 1, 1) has one block per stage, named
+    as torchvision names the first block of each stage, the same output shape, and round-trips through its
+    config; the default (ResNet-34's 3, 4, 6, 3) is left out of the config, so older files read the same."""
+    from common.backbones.resnet import ResNet34
+
+    tiny = ResNet34(widths=(4, 4, 8, 8), depths=(1, 1, 1, 1))
+    tiny.build((None, 32, 64, 3))
+    assert tiny.block_names == ["layer1.0", "layer2.0", "layer3.0", "layer4.0"]
+    assert tiny.compute_output_shape((2, 32, 64, 3)) == (2, 2, 4, 8)
+    again = ResNet34.from_config(tiny.get_config())
+    assert again.depths == (1, 1, 1, 1) and again.widths == (4, 4, 8, 8)
+    assert "depths" not in ResNet34(widths=(4, 4, 8, 8)).get_config()
+    with pytest.raises(ValueError, match="depths"):
+        ResNet34(depths=(1, 1, 0, 1))

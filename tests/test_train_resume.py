@@ -114,6 +114,7 @@ def _weights(path):
     import keras
 
     import geodtr_tf  # noqa: F401
+    import tests.train_tiny  # noqa: F401
 
     model = keras.saving.load_model(path, compile=False)
     return [np.asarray(v) for v in model.weights]
@@ -130,10 +131,18 @@ def _csv_untimed(run):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    run = tmp_path_factory.mktemp("exact") / "uninterrupted"
-    done = _run(run, 3, extra=["geodtr"])
-    assert done.returncode == 0, done.stderr[-3000:]
-    return run
+    """The uninterrupted 3-epoch run of a model ("geodtr" or "tiny-exact"), made once per module."""
+    runs = {}
+
+    def get(model):
+        if model not in runs:
+            run = tmp_path_factory.mktemp("exact") / f"uninterrupted-{model}"
+            done = _run(run, 3, extra=[model])
+            assert done.returncode == 0, done.stderr[-3000:]
+            runs[model] = run
+        return runs[model]
+
+    return get
 
 
 def _assert_same_run(a, b):
@@ -151,16 +160,18 @@ def _assert_same_run(a, b):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_at", ["2:2", "2:write"])
-def test_resume_is_bit_identical_to_an_uninterrupted_run(uninterrupted, tmp_path, kill_at):
-    """Killed in the middle of epoch 2 (after its step 2 of 4), or in the middle of epoch 2's backup write
-    (new weights on disk under a temporary name, state.json not yet committed): the same command resumes after
-    epoch 1, replays epoch 2 from its first batch, and ends bit-identical to the uninterrupted run."""
+@pytest.mark.parametrize("model,kill_at", [("geodtr", "2:2"), ("tiny-exact", "2:write")])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(uninterrupted, tmp_path, model, kill_at):
+    """Killed in the middle of epoch 2 (after its step 2 of 4: the real GeoDTR, with dropout, counterfactual
+    noise, the azimuth roll and the colour shuffle), or in the middle of epoch 2's backup write (new weights on
+    disk under a temporary name, state.json not yet committed: the file protocol, shown on the tiny model): the
+    same command resumes after epoch 1, replays epoch 2 from its first batch, and ends bit-identical to the
+    uninterrupted run."""
     run = tmp_path / "run"
-    killed = _run(run, 3, extra=["geodtr"], CVGL_TEST_KILL_AT=kill_at)
+    killed = _run(run, 3, extra=[model], CVGL_TEST_KILL_AT=kill_at)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert json.loads((run / "backup" / "state.json").read_text())["epoch"] == 1
-    again = _run(run, 3, extra=["geodtr"])
+    again = _run(run, 3, extra=[model])
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from the saved state after epoch 1/3" in again.stdout
-    _assert_same_run(uninterrupted, run)
+    _assert_same_run(uninterrupted(model), run)

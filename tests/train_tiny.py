@@ -91,7 +91,8 @@ def geodtr_tiny_config(epochs=3, batch_size=8):
     return {
         "name": "tiny_geodtr_run", "dataset": "cvusa", "input_spec": spec.to_config(),
         "model": {"family": "geodtr", "num_descriptors": 2, "num_layers": 1, "num_heads": 2, "ffn_dim": 16,
-                  "dropout": 0.2, "backbone_widths": [4, 4, 8, 8], "backbone_weights": "random"},
+                  "dropout": 0.2, "backbone_widths": [4, 4, 8, 8], "backbone_depths": [1, 1, 1, 1],
+                  "backbone_weights": "random"},
         "train": {"optimizer": {"name": "adamw", "learning_rate": 1e-3, "weight_decay": 0.03, "epsilon": 1e-6,
                                 "global_clipnorm": 1.0},
                   "schedule": {"name": "warmup_cosine", "warmup_epochs": 1}, "deterministic": True,

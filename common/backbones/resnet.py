@@ -166,13 +166,17 @@ class BasicBlock(layers.Layer):
 class ResNet34(layers.Layer):
     """(B, H, W, 3) image -> (B, ⌈H/16⌉, ⌈W/16⌉, 512) feature map (GeoDTR's backbone, no max-pool)."""
 
-    def __init__(self, widths=None, **kwargs):
+    def __init__(self, widths=None, depths=None, **kwargs):
         super().__init__(**kwargs)
-        # widths: channels of conv1/layer1 ... layer4; default torchvision's (64, 128, 256, 512). Smaller widths
-        # exist for CPU demos and tests only (ImageNet weights load into the default widths alone).
+        # widths: channels of conv1/layer1 ... layer4; default torchvision's (64, 128, 256, 512). depths: blocks
+        # per stage, default ResNet-34's (3, 4, 6, 3). Smaller ones exist for CPU demos and tests only (the tiny
+        # variants: (1, 1, 1, 1) traces in a third of the time); ImageNet weights load into the defaults alone.
         self.widths = tuple(int(w) for w in (widths or [s[1] for s in STAGES]))
         if len(self.widths) != len(STAGES):
             raise ValueError(f"ResNet34 widths must have {len(STAGES)} entries, got {self.widths}")
+        self.depths = tuple(int(d) for d in (depths or [s[2] for s in STAGES]))
+        if len(self.depths) != len(STAGES) or min(self.depths) < 1:
+            raise ValueError(f"ResNet34 depths must be {len(STAGES)} block counts >= 1, got {self.depths}")
         dt = self.dtype_policy
         self.stem_pad = layers.ZeroPadding2D(3, name="pad_conv1", dtype=dt)
         self.conv1 = _conv(self.widths[0], 7, 2, "conv1", dt)
@@ -180,7 +184,7 @@ class ResNet34(layers.Layer):
         self.blocks = []  # flat list, torchvision order: layer1.0 ... layer4.2
         self.block_names = []
         in_ch = self.widths[0]
-        for (stage, _, blocks, stride), filters in zip(STAGES, self.widths):
+        for (stage, _, _, stride), filters, blocks in zip(STAGES, self.widths, self.depths):
             for i in range(blocks):
                 s = stride if i == 0 else 1
                 self.blocks.append(BasicBlock(filters, s, downsample=(s != 1 or in_ch != filters),
@@ -214,6 +218,8 @@ class ResNet34(layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(widths=list(self.widths))
+        if self.depths != tuple(s[2] for s in STAGES):  # the default is left out: older files stay as they were
+            config.update(depths=list(self.depths))
         return config
 
     def torch_layers(self, prefix="") -> dict:

@@ -86,12 +86,26 @@ def shard_records(records, num_shards: int, index: int) -> list:
     return list(records)[index::num_shards]
 
 
+def _prepared(path) -> bool:
+    """Is there a prepared file at ``path``? A cut-short or empty one is an error naming it (a killed or
+    disk-full ``prepare`` that never ran again), not a crash inside the pipeline."""
+    if not path or not os.path.isfile(path):
+        return False
+    from common.data.images import image_problem
+
+    problem = image_problem(path)
+    if problem:
+        raise CVGLError(f"prepared file: {problem}; rerun `python -m experiments.prepare` with --verify "
+                        "(it rewrites bad prepared files), or delete the file")
+    return True
+
+
 def resolve_sources(records, spec) -> dict:
     """Which file to read and how, per record, for ``spec``: numpy arrays for the tf.data graph."""
     spec = get_spec(spec)
     ground_path, ground_crop, aerial_path, aerial_mode = [], [], [], []
     for r in records:
-        if r.ground_prepared and os.path.isfile(r.ground_prepared):
+        if _prepared(r.ground_prepared):
             ground_path.append(r.ground_prepared), ground_crop.append(False)
         else:
             ground_path.append(r.ground), ground_crop.append(r.ground_prepared is not None)
@@ -99,7 +113,7 @@ def resolve_sources(records, spec) -> dict:
             aerial_path.append(r.aerial), aerial_mode.append(AERIAL_RAW)
             continue
         sized = prepared_polar_path(r, spec.aerial_size)
-        if os.path.isfile(sized):
+        if _prepared(sized):
             aerial_path.append(sized), aerial_mode.append(AERIAL_FILE)
         elif png_size(r.polar) == tuple(spec.aerial_size):
             aerial_path.append(r.polar), aerial_mode.append(AERIAL_FILE)
@@ -111,6 +125,53 @@ def resolve_sources(records, spec) -> dict:
         "aerial_path": np.asarray(aerial_path, dtype=object).astype(str),
         "aerial_mode": np.asarray(aerial_mode, dtype=np.int32),
     }
+
+
+# ------------------------------------------------------------------------------------------------------
+# an image that TensorFlow cannot decode, named (the pipeline itself cannot say which file failed)
+# ------------------------------------------------------------------------------------------------------
+_DECODE_WORDS = ("DecodeJpeg", "DecodeImage", "DecodePng", "DecodeBmp", "DecodeGif", "jpeg::", "Invalid PNG",
+                 "Unknown image file format", "ReadFile")
+
+
+def is_image_error(exc) -> bool:
+    """Is ``exc`` TensorFlow failing to read or decode an image inside the pipeline?"""
+    if not isinstance(exc, (tf.errors.InvalidArgumentError, tf.errors.DataLossError, tf.errors.NotFoundError)):
+        return False
+    text = str(exc)
+    return any(w in text for w in _DECODE_WORDS) or "No such file or directory" in text
+
+
+def undecodable(paths, limit: int = 5) -> list:
+    """``[(path, reason)]`` for the first ``limit`` of ``paths`` that TensorFlow cannot read and decode with
+    the pipeline's own decoder (eager, one file at a time, with a progress line on stderr)."""
+    unique = list(dict.fromkeys(str(p) for p in paths))
+    bad = []
+    print(f"pipeline: an image could not be decoded; checking {len(unique)} image files to name it",
+          file=sys.stderr)
+    for path in unique:
+        try:
+            _Loader.decode(tf.constant(path))
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError, tf.errors.NotFoundError) as exc:
+            bad.append((path, str(exc).strip().splitlines()[-1].split("}}")[-1].strip()[:120]))
+            if len(bad) >= limit:
+                break
+    return bad
+
+
+def image_error(exc, records, spec, what: str) -> CVGLError:
+    """The one-line error for a decode failure ``exc`` while reading ``records`` for ``spec``: names the
+    file(s) and the ways out (``prepare --verify`` lists them in bad_pairs.txt, so ``--allow-missing`` drops
+    them)."""
+    sources = resolve_sources(records, spec)
+    bad = undecodable(np.concatenate([sources["ground_path"], sources["aerial_path"]]))
+    if not bad:
+        return CVGLError(f"{what}: TensorFlow could not read an image ({str(exc).strip().splitlines()[-1][:160]}), "
+                         "but every file decodes on its own now; was a file changed while the job ran?")
+    names = "; ".join(f"{p} ({why})" for p, why in bad)
+    return CVGLError(f"{what}: {len(bad)}{'+' if len(bad) >= 5 else ''} image file(s) cannot be decoded: {names}. "
+                     "Replace or delete them, or run `python -m experiments.prepare ... --verify`, which lists "
+                     "them in bad_pairs.txt so that --allow-missing drops their pairs")
 
 
 def relative_positions(records) -> np.ndarray:

@@ -52,12 +52,12 @@ def _remove_leftovers(folders) -> int:
 def _atomic_write(path: str, image_bgr) -> None:
     import cv2
 
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    from common.files import atomic_path
+
     root, ext = os.path.splitext(path)
-    tmp = f"{root}.tmp{os.getpid()}{ext}"
-    if not cv2.imwrite(tmp, image_bgr):
-        raise CVGLError(f"cannot write {tmp}; check free space and permissions")
-    os.replace(tmp, path)
+    with atomic_path(path, tmp=f"{root}.tmp{os.getpid()}{ext}") as tmp:  # the name prepare's restart removes
+        if not cv2.imwrite(tmp, image_bgr):
+            raise CVGLError(f"cannot write {path}; check free space and permissions")
 
 
 def _job(args):
@@ -66,12 +66,11 @@ def _job(args):
     Both images are decoded and checked whenever the pair has work to do (or ``verify``); a pair whose
     outputs all exist is skipped without decoding (resume), unless ``verify``.
     """
-    import cv2
 
     from common.data.readers import GROUND_ASPECT, crop_rows
     from common.data.polar import polar_transform_fast
 
-    from common.data.images import decode_problem, image_problem
+    from common.data.images import decode_checked, decode_problem
 
     rid, dataset, aerial, ground, polar_outputs, crop_out, aerial_size, verify = args
     if verify:  # a prepared file that is empty, truncated or undecodable is redone, not trusted
@@ -82,21 +81,20 @@ def _job(args):
     need_crop = crop_out is not None and not os.path.isfile(crop_out)
     if not (todo or need_crop or verify):
         return rid, None, 0
+    decoded = {}
     for path in (aerial, ground):
-        problem = image_problem(path)
+        decoded[path], problem, warning = decode_checked(path)
         if problem:
             return rid, problem, 0
-    img = cv2.imread(aerial, cv2.IMREAD_COLOR)
-    if img is None:
-        return rid, f"unreadable image {aerial}", 0
+        if warning:
+            print(f"warning: pair {rid}: {warning}", file=sys.stderr)
+    img = decoded[aerial]
     if img.shape[0] != img.shape[1]:
         return rid, f"aerial image {aerial} is {img.shape[0]}x{img.shape[1]}, not square", 0
     if tuple(img.shape[:2]) != tuple(aerial_size):
         return rid, (f"aerial image {aerial} is {img.shape[0]}x{img.shape[1]}, the others are "
                      f"{aerial_size[0]}x{aerial_size[1]}"), 0
-    grd = cv2.imread(ground, cv2.IMREAD_COLOR)
-    if grd is None:
-        return rid, f"unreadable image {ground}", 0
+    grd = decoded[ground]
     aspect = grd.shape[1] / grd.shape[0]
     if abs(aspect / GROUND_ASPECT[dataset] - 1.0) > 0.02:
         return rid, (f"panorama {ground} is {grd.shape[0]}x{grd.shape[1]}, expected width/height "
@@ -131,10 +129,9 @@ def _write_bad_pairs(root, problems, checked_ok) -> None:
         if os.path.isfile(path):
             os.remove(path)
         return
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        fh.writelines(f"{rid}\t{problem}\n" for rid, problem in sorted(table.items()))
-    os.replace(tmp, path)
+    from common.files import write_text
+
+    write_text(path, "".join(f"{rid}\t{problem}\n" for rid, problem in sorted(table.items())))
 
 
 def counts_table(dataset: str, rows) -> str:
@@ -243,5 +240,7 @@ def prepare_dataset(dataset: str, root: str, sizes=DEFAULT_SIZES, splits=None, w
     _write_bad_pairs(args.root, problems, checked_ok)
     if problems and not args.allow_missing:
         raise CVGLError(f"{len(problems)} pair(s) have bad images (listed above, first: {problems[0][1]}); "
-                        "replace those files, or pass --allow-missing to drop the pairs")
+                        f"they are recorded in {os.path.join(args.root, 'bad_pairs.txt')}, so train / evaluate "
+                        "/ index refuse them; replace those files, or pass --allow-missing (here and there) to "
+                        "drop the pairs")
     return 0

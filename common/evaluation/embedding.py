@@ -22,6 +22,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from common.data.images import read_rgb
 from common.errors import CVGLError
 
 
@@ -117,7 +118,19 @@ def embed_view(model, records: Sequence, spec, view: str, batch_size: int = 32, 
     embed, eager = _tower_fn(model, view)
     out = []
     with _progress(math.ceil(len(records) / batch_size), f"embedding {view}", progress) as bar:
-        for element in ds:
+        batches = iter(ds)
+        while True:
+            try:
+                element = next(batches)
+            except StopIteration:
+                break
+            except Exception as exc:  # noqa: BLE001  (a file the pipeline cannot decode: name it)
+                if view_dataset is None:
+                    from common.data.pipeline import image_error, is_image_error
+
+                    if is_image_error(exc):
+                        raise image_error(exc, records, spec, f"embedding the {view} view") from None
+                raise
             x = _view_batch(element, view)
             if not out and embed is not eager:
                 try:  # a tower that cannot be traced still works eagerly
@@ -132,16 +145,6 @@ def embed_view(model, records: Sequence, spec, view: str, batch_size: int = 32, 
     if not out:
         raise CVGLError(f"the {view} dataset of {len(records)} records yielded no batches")
     return _check_output(np.concatenate(out, axis=0), len(records), view)
-
-
-def read_rgb(path: str) -> np.ndarray:
-    """uint8 (H, W, 3) RGB image, or CVGLError naming the file."""
-    import cv2
-
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise CVGLError(f"cannot read image {path} (missing or corrupt); restore the file or re-run prepare")
-    return img[..., ::-1]
 
 
 def raw_path(record, view: str) -> str:

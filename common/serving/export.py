@@ -116,6 +116,13 @@ def write_export(e2e, out_dir: str, config: dict, results: dict | None = None, o
     replace, e.g. the source run). ``model_card``: callable(meta, config, results) -> markdown text (the CLI passes its own); the export is
     verified (SavedModel vs Keras on probe images, to :data:`TOLERANCE`) before it is renamed into place.
     """
+    from common.errors import writing
+
+    with writing(os.path.abspath(out_dir)):  # a full disk inside TensorFlow's writer names the export
+        return _write_export(e2e, out_dir, config, results, overwrite, model_card, protect)
+
+
+def _write_export(e2e, out_dir, config, results, overwrite, model_card, protect) -> dict:
     import tensorflow as tf
     import yaml
 

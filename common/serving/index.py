@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 
+from common.data.images import read_rgb  # noqa: F401  (the one image reader, re-exported here)
 from common.errors import CVGLError
 
 
@@ -23,27 +24,11 @@ INDEX_FORMAT = 1
 FAISS_MIN_GALLERY = 100_000  # "auto" uses FAISS (when installed) from this gallery size on
 
 
-def read_rgb(path: str, what: str = "image") -> np.ndarray:
-    """uint8 (H, W, 3) RGB of an image file; CVGLError naming the file when it is missing or unreadable."""
-    import cv2
-
-    if not os.path.isfile(path):
-        raise CVGLError(f"{what} not found: {path} (check the path)")
-    data = np.fromfile(path, dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if img is None:
-        raise CVGLError(f"{what} {path} cannot be read as an image (corrupt or not a JPEG/PNG); replace the file")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
 def _atomic_savez(path: str, **arrays) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    try:
+    from common.files import atomic_path
+
+    with atomic_path(path, tmp=f"{path}.tmp-{os.getpid()}.npz") as tmp:  # np.savez wants the .npz ending
         np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _partial_key(fingerprint: str, ids) -> str:

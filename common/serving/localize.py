@@ -115,7 +115,7 @@ def format_hits(result: dict) -> str:
 
 
 def _thumb(path):
-    from common.serving.index import read_rgb
+    from common.data.images import read_rgb
 
     try:
         return read_rgb(path, "aerial image")
@@ -157,7 +157,10 @@ def save_picture(query_img: np.ndarray, result: dict, path: str, title: str = ""
             spine.set_edgecolor("green" if is_true else "0.7")
             spine.set_linewidth(4 if is_true else 1)
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    from common.files import atomic_path
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)

@@ -88,20 +88,10 @@ def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
 
 
 def atomic_write(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException as exc:  # a full disk: no half-written temporary file is left behind
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError) and exc.filename is None:
-            exc.filename = path  # a failed write() names no file; the one-line error then can
-        raise
+    """``path`` written whole or not at all (``X.jpg.tmpPID`` meanwhile: the name synth's resume removes)."""
+    from common.files import write_bytes
+
+    write_bytes(path, data, tmp=f"{path}.tmp{os.getpid()}")
 
 
 # ------------------------------------------------------------------------------------------- plan

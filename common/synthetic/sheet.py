@@ -49,8 +49,7 @@ def write_contact_sheet(root: str, layout: str, plan, path: str, count: int = 4,
         return path
     sheet = np.vstack(rows[:-1])
     ok, buf = cv2.imencode(".png", sheet)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(buf.tobytes())
-    os.replace(tmp, path)
+    from common.files import write_bytes
+
+    write_bytes(path, buf.tobytes())
     return path

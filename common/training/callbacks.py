@@ -36,24 +36,12 @@ def tmp_path(path: str) -> str:
     return os.path.join(os.path.dirname(path) or ".", f"{TMP_PREFIX}{os.getpid()}-{os.path.basename(path)}")
 
 
-def _discard(tmp: str) -> None:
-    try:
-        os.remove(tmp)
-    except OSError:
-        pass
-
-
 def _atomic(path: str, write) -> None:
     """``write(tmp)``, then rename ``tmp`` over ``path``; a failed write (a full disk) removes ``tmp``."""
-    tmp = tmp_path(path)
-    try:
+    from common.files import atomic_path
+
+    with atomic_path(path, tmp=tmp_path(path), makedirs=False) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        _discard(tmp)
-        if isinstance(exc, OSError) and exc.filename is None:
-            exc.filename = path  # a failed write() names no file; the one-line error then can
-        raise
 
 
 def atomic_write_text(path: str, text: str) -> None:

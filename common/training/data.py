@@ -24,7 +24,9 @@ class TrainData:
     (``make_dataset(..., repeat=True, skip_batches=start_step)``);
     ``n_train`` its number of pairs; ``example`` a dict of arrays with batch 1 to build the model;
     ``embed_val(model) -> (ground, aerial)`` the validation embeddings (None: no validation);
-    ``val_note`` what the validation split is (printed, and kept in results.json).
+    ``val_note`` what the validation split is (printed, and kept in results.json);
+    ``image_error(exc)`` turns a failure of the training stream into the error that names the image file
+    TensorFlow could not decode (None: not such a failure, or not known).
     """
 
     train_dataset: Callable
@@ -33,20 +35,23 @@ class TrainData:
     embed_val: Optional[Callable] = None
     val_note: str = "val"
     n_val: int = 0
+    image_error: Optional[Callable] = None
 
 
 def records_data(cfg: dict, root: str, spec, seed: int = 0, val_split: str = "val",
-                 embed_batch_size: int = 32, val_root: str | None = None) -> TrainData:
+                 embed_batch_size: int = 32, val_root: str | None = None,
+                 allow_missing: bool = False) -> TrainData:
     """:class:`TrainData` from a dataset folder in the CVUSA / CVACT layout (the project readers/pipeline).
 
-    ``val_root``: validate on that folder's ``val_split`` instead (e.g. another synthetic city)."""
+    ``val_root``: validate on that folder's ``val_split`` instead (e.g. another synthetic city);
+    ``allow_missing``: drop (and list) the pairs with missing or bad images instead of refusing them."""
     from common.data.pipeline import make_dataset
     from common.data.readers import read_split
     from common.data.records import positions_array
 
     dataset = cfg["dataset"]
-    train_records = read_split(dataset, root, "train")
-    val_records = read_split(dataset, val_root or root, val_split) if val_split else []
+    train_records = read_split(dataset, root, "train", allow_missing=allow_missing)
+    val_records = read_split(dataset, val_root or root, val_split, allow_missing=allow_missing) if val_split else []
     with_positions = dataset == "cvact" and positions_array(train_records) is not None
     train_cfg = cfg["train"]
 
@@ -72,4 +77,9 @@ def records_data(cfg: dict, root: str, spec, seed: int = 0, val_split: str = "va
     note = f"{dataset} {val_split} ({len(val_records)} pairs){f' of {val_root}' if val_root else ''}"
     if dataset == "cvusa" and val_split == "val" and not val_root:
         note += "; CVUSA has no separate val split: this is the test split, as in the papers"
-    return TrainData(train_dataset, len(train_records), example, embed_val, note, len(val_records))
+    def image_error(exc):
+        from common.data.pipeline import image_error as named, is_image_error
+
+        return named(exc, train_records, spec, "training") if is_image_error(exc) else None
+
+    return TrainData(train_dataset, len(train_records), example, embed_val, note, len(val_records), image_error)

@@ -360,7 +360,14 @@ def _run_locked(cfg, out, data, epochs, batch_size, schedule, chief, *, strategy
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     if start < epochs:
-        model.fit(ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=verbose, shuffle=False)
+        try:
+            model.fit(ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
+                      shuffle=False)
+        except Exception as exc:  # noqa: BLE001  (an image TensorFlow cannot decode: name the file)
+            named = data.image_error(exc) if data.image_error is not None else None
+            if named is not None:
+                raise named from None
+            raise
     elapsed = time.time() - t0
     if state.nan_at is not None:
         e, s = state.nan_at

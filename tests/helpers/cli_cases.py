@@ -36,6 +36,40 @@ def run_case(module: str, argv: list) -> dict:
     return {"rc": rc, "stderr": text, "traceback": "Traceback (most recent call last)" in text}
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_cases(cases, families: str = "tests.standin_family") -> list:
+    """Run ``cases`` (``[(module, argv)]``) in one fresh process (this module's ``main``); their results."""
+    import subprocess
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="cli_cases_", suffix=".json")
+    with os.fdopen(fd, "w") as fh:
+        json.dump([[m, [str(a) for a in argv]] for m, argv in cases], fh)
+    env = dict(os.environ, PYTHONPATH=ROOT, CVGL_FAMILIES=families, TF_CPP_MIN_LOG_LEVEL="3")
+    for k in ("CVGL_TRACEBACK", "CVGL_TEST_KILL_AT", "CVGL_TEST_NAN_AT"):
+        env.pop(k, None)
+    try:
+        out = subprocess.run([sys.executable, "-m", "tests.helpers.cli_cases", path], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=600)
+    finally:
+        os.remove(path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def assert_one_error(res: dict, *needles) -> str:
+    """Exit status 2, no traceback, exactly one ``error:`` line, holding every needle; that line."""
+    assert res["rc"] == 2, res["stderr"][-2000:]
+    assert not res["traceback"], res["stderr"][-2000:]
+    errors = [ln for ln in res["stderr"].splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1, res["stderr"][-2000:]
+    for n in needles:
+        assert n in errors[0], (n, errors[0])
+    return errors[0]
+
+
 def main() -> None:
     with open(sys.argv[1]) as fh:
         cases = json.load(fh)

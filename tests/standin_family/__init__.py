@@ -41,7 +41,7 @@ def visualize(model, ground_path, aerial_path, out_png, args) -> str:
     import numpy as np
 
     from common.data.specs import normalise
-    from common.evaluation.embedding import read_rgb
+    from common.data.images import read_rgb
 
     spec = model.input_spec_
     g = cv2.resize(read_rgb(ground_path), spec.ground_size[::-1], interpolation=cv2.INTER_AREA)
