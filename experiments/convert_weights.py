@@ -1,12 +1,17 @@
-"""Convert PyTorch weights to a Keras ``.keras`` file.
+"""Convert published weights (PyTorch state dicts, SAFA's TensorFlow 1 checkpoints) to a Keras ``.keras`` file.
 
     python -m experiments.convert_weights --model resnet34 --checkpoint resnet34-b627a593.pth --out resnet34.keras
     python -m experiments.convert_weights --model geodtr --checkpoint epoch_last.pth --out geodtr.keras [--no-polar]
+    python -m experiments.convert_weights --from safa-tf1 --checkpoint SAFA_CVUSA/model.ckpt --out safa.keras
 
 ``--model resnet34``: a torchvision resnet34 state dict (ImageNet IMAGENET1K_V1,
 https://download.pytorch.org/models/resnet34-b627a593.pth); ``fc.*`` is ignored. Use the result as
 ``model.backbone_weights`` in a GeoDTR config. ``--model geodtr``: a checkpoint of the official GeoDTR code
 (``model_state_dict`` of its training checkpoints or a bare state dict; ``module.`` prefixes are removed).
+``--model safa-tf1`` (also spelt ``--from safa-tf1``): a checkpoint prefix of SAFA's official code
+(``model.ckpt`` beside ``model.ckpt.index`` and ``model.ckpt.data-*``), read as data with
+``tf.train.load_checkpoint`` (the ``.meta`` graph is never read); the input size is checked against the
+spatial-aware weights (``--input-size``, default 112x616).
 
 ``.safetensors`` and ``.npz`` are read without PyTorch; ``.pth`` needs torch installed and is read with
 ``weights_only=True``. Any missing, unexpected or mis-shaped tensor stops the conversion with the full list
@@ -30,10 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     from common.models import registry
 
     converters = {name: fam for fam in registry.families().values() for name in fam.converters}
-    p.add_argument("--model", required=True, choices=sorted(converters),
+    p.add_argument("--model", "--from", dest="model", required=True, choices=sorted(converters),
                    help="what the checkpoint holds: " + ", ".join(f"{n} ({converters[n].name} family)"
                                                                  for n in sorted(converters)))
-    p.add_argument("--checkpoint", required=True, help="PyTorch state dict: .pth (needs torch), .safetensors, .npz")
+    p.add_argument("--checkpoint", required=True,
+                   help="PyTorch state dict: .pth (needs torch), .safetensors, .npz; or a TF1 checkpoint prefix")
     p.add_argument("--out", required=True, help="output .keras file")
     registry.add_options(p, "convert")
     return p

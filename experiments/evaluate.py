@@ -60,6 +60,26 @@ def load_keras_model(path: str):
     return model
 
 
+def _convert_tf1(path: str, dataset: str):
+    """(model, note, paper-row config name or None) for a TensorFlow 1 checkpoint prefix given to --weights:
+    the one converter that reads TF1 checkpoints (SAFA's, ``safa-tf1``), at its default input size."""
+    import argparse
+
+    from common.backbones.tf1_checkpoint import read_tf1_checkpoint
+    from common.models import registry
+
+    found = [(fam, name, fn) for fam in registry.families().values() for name, fn in fam.converters.items()
+             if name.endswith("-tf1")]
+    if len(found) != 1:
+        raise CVGLError(f"--weights {path} is a TensorFlow 1 checkpoint; convert it first with "
+                        "python -m experiments.convert_weights --from NAME-tf1 (one of: "
+                        f"{', '.join(n for _, n, _ in found) or 'none installed'})")
+    fam, name, fn = found[0]
+    model, note = fn(read_tf1_checkpoint(path), argparse.Namespace(checkpoint=path, input_size=None))
+    config = f"{fam.name}_{dataset}"
+    return model, note, (config if os.path.isfile(os.path.join(fam.config_dir, config + ".yaml")) else None)
+
+
 def load_source(args):
     """(model, raw_input, info) for --run / --weights / --export."""
     if args.run:
@@ -73,6 +93,14 @@ def load_source(args):
         return model, False, {"kind": "run", "path": os.path.abspath(run), "config": cfg.get("name"),
                               "config_hash": config_hash(cfg), "model": cfg.get("name") or model.name}
     if args.weights:
+        from common.backbones.tf1_checkpoint import tf1_prefix
+
+        if not str(args.weights).endswith(".keras") and tf1_prefix(args.weights) is not None:
+            model, note, config = _convert_tf1(args.weights, args.dataset)
+            print(f"converted {args.weights} in memory: {note}" + (f"; paper row {config}" if config else ""))
+            return model, False, {"kind": "weights", "path": os.path.abspath(args.weights), "config": config,
+                                  "config_hash": None, "model": config or os.path.basename(args.weights),
+                                  "converted": note}
         model = load_keras_model(args.weights)
         cfg = None
         guess = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(args.weights))), "config.yaml")
@@ -191,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="dataset root directory (the layout of --dataset)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="training run directory: loads RUN/checkpoints/best.keras and RUN/config.yaml")
-    src.add_argument("--weights", help="a .keras model file (any family; the families are imported to load it)")
+    src.add_argument("--weights", help="a .keras model file (any family; the families are imported to load it), or "
+                                       "a TensorFlow 1 checkpoint prefix of SAFA's official code (model.ckpt), "
+                                       "converted in memory and compared with the SAFA paper row")
     src.add_argument("--export", help="an export directory: its SavedModel embeds the raw uint8 image files")
     p.add_argument("--batch-size", type=int, default=32, help="images per embedding batch (default %(default)s)")
     p.add_argument("--out", help="JSON path (default: RUN/eval_<dataset>_<split>.json with --run, else "
@@ -243,6 +273,13 @@ def main(argv=None) -> int:
 
     model, raw, info = load_source(args)
     progress = not args.no_progress
+    if raw:
+        aerial_input = "aerial: the raw images, through the export's own preprocessing"
+    else:
+        from common.data.pipeline import aerial_input_note
+
+        aerial_input = aerial_input_note(records, model.input_spec_)
+    print(aerial_input)
     t0 = time.perf_counter()
     ground, aerial = embed_records(model, records, batch_size=args.batch_size, progress=progress, raw=raw)
     t_embed = time.perf_counter() - t0
@@ -257,10 +294,12 @@ def main(argv=None) -> int:
         "model": info["model"],
         "config": info["config"],
         "config_hash": info["config_hash"],
-        "source": {"kind": info["kind"], "path": info["path"]},
+        "source": {"kind": info["kind"], "path": info["path"],
+                   **({"converted": info["converted"]} if info.get("converted") else {})},
         "dataset": args.dataset,
         "split": args.split,
         "root": os.path.abspath(args.root),
+        "aerial_input": aerial_input,
         "protocol": metrics["protocol"],
         "metrics": {k: metrics[k] for k in HEADLINE},
         "N": metrics["N"],

@@ -12,7 +12,9 @@
    crop (rows 208:624 of 832) to ``streetview_processed/``. In parallel (``--workers`` processes), with a
    progress bar; finished outputs are skipped (resumable) and every file is written to a temporary name
    and renamed (atomic: a kill never leaves a half-written image). Polar maps use the fast path
-   (:func:`common.data.polar.polar_transform_fast`, rounded to uint8).
+   (:func:`common.data.polar.polar_transform_fast`), converted to uint8 as ``--polar-rounding`` says (by
+   default as each size's original preparation script: GeoDTR's truncates, SAFA's byte-scales), recorded in
+   each size folder's ``polar.json``.
 3. Images that cannot be decoded (both images of every pair with work to do are decoded; ``--verify``
    decodes finished pairs too), aerial images that are not square, aerial images whose size differs from
    the others, and panoramas with the wrong aspect ratio are listed by name; the command fails unless
@@ -47,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "run otherwise skips finished pairs without reading them)")
     p.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), metavar="HxW",
                    help="polar map sizes to precompute (default: 122x671 for GeoDTR, 112x616 for SAFA/MGTL)")
+    p.add_argument("--polar-rounding", default="auto", choices=("auto", "round", "floor", "bytescale"),
+                   help="how the float polar samples become uint8 (default auto: as the original preparation "
+                        "script of the models trained at each size: 122x671 floor, i.e. truncation, as "
+                        "GeoDTR's; 112x616 bytescale, min..max stretched to 0..255 then rounded, as SAFA's "
+                        "scipy.misc.imsave; other sizes round). Recorded in each size folder's polar.json")
     p.add_argument("--splits", nargs="+", default=None,
                    help="only these splits (default: all of the dataset: cvusa train val; cvact train val test)")
     return p
@@ -55,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     return prepare_dataset(args.dataset, args.root, sizes=args.sizes, splits=args.splits, workers=args.workers,
-                           check_only=args.check_only, allow_missing=args.allow_missing, verify=args.verify)
+                           check_only=args.check_only, allow_missing=args.allow_missing, verify=args.verify,
+                           polar_rounding=args.polar_rounding)
 
 
 if __name__ == "__main__":

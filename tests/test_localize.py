@@ -60,6 +60,7 @@ def world(tmp_path_factory):
     return {"root": root, "export": export, "index": index, "base": base}
 
 
+@pytest.mark.slow  # the module's world: a stand-in trained 30 epochs, exported, indexed (~30 s)
 def test_index_holds_the_val_split(world):
     idx = index_lib.load_index(world["index"])
     records = read_split("cvusa", world["root"], "val")
@@ -72,6 +73,7 @@ def test_index_holds_the_val_split(world):
     assert not os.path.exists(os.path.splitext(world["index"])[0] + ".partial.npz")
 
 
+@pytest.mark.slow  # the module's world: a stand-in trained 30 epochs, exported, indexed (~30 s)
 def test_localize_command_finds_held_out_pair_in_top5(world, tmp_path, capsys):
     rec = read_split("cvusa", world["root"], "val")[QUERY]
     out = tmp_path / "loc"
@@ -93,6 +95,7 @@ def test_localize_command_finds_held_out_pair_in_top5(world, tmp_path, capsys):
     assert png.stat().st_size > 1000 and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # the module's world: a stand-in trained 30 epochs, exported, indexed (~30 s)
 def test_most_held_out_pairs_are_in_top5(world):
     """The whole val split through the library function: far above chance (5/16 = 31 %)."""
     export, idx = load_export(world["export"]), index_lib.load_index(world["index"])
@@ -101,6 +104,7 @@ def test_most_held_out_pairs_are_in_top5(world):
     assert sum(r <= 5 for r in ranks) >= 13, ranks
 
 
+@pytest.mark.slow  # the module's world: a stand-in trained 30 epochs, exported, indexed (~30 s)
 def test_index_build_resumes(world, tmp_path, monkeypatch):
     export = load_export(world["export"])
     records = read_split("cvusa", world["root"], "val")
@@ -126,6 +130,7 @@ def test_index_build_resumes(world, tmp_path, monkeypatch):
                                atol=1e-6)
 
 
+@pytest.mark.slow  # the module's world: a stand-in trained 30 epochs, exported, indexed (~30 s)
 def test_index_of_another_model_is_refused(world, tmp_path):
     other = str(tmp_path / "other_export")
     keras.utils.set_random_seed(1)
@@ -137,6 +142,7 @@ def test_index_of_another_model_is_refused(world, tmp_path):
                            "--out", str(tmp_path / "o")])
 
 
+@pytest.mark.slow  # the module's world: a stand-in trained 30 epochs, exported, indexed (~30 s)
 def test_bad_inputs_fail_clearly(world, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 this is not a jpeg")

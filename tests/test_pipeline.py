@@ -120,6 +120,7 @@ def test_seeded_determinism_and_new_epochs(cvusa):
     assert not np.array_equal(a[0], a[1])  # a new shuffle / new augmentation each epoch
 
 
+@pytest.mark.slow
 def test_endless_stream_and_skip_equal_the_passes(cvusa):
     """repeat=True is pass 0, 1, 2, ... back to back (no batch straddles two passes); skip_batches=g starts at
     global batch g without changing any batch (exact resume)."""

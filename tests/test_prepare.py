@@ -146,3 +146,49 @@ def test_help_explains_every_flag():
     for flag in ("--dataset", "--root", "--workers", "--check-only", "--allow-missing", "--sizes", "--splits",
                  "--verify"):
         assert flag in text
+
+
+def test_polar_rounding_defaults_to_each_original_script_and_is_recorded(tmp_path, capsys):
+    """auto: 122x671 maps truncated (GeoDTR's data_preparation.py), 112x616 byte-scaled (SAFA's imsave), any
+    other size rounded; each size folder records its rounding in polar.json; continuing a folder with
+    another rounding is refused, as is an older folder without a record unless it is continued 'round'."""
+    import json
+
+    from common.data.polar import polar_transform, to_uint8
+    from common.data.prepare import folder_rounding
+
+    root = write_toy_cvusa(tmp_path / "u", n_train=2, n_val=1, aerial_size=48, pano_size=(8, 44))
+    sizes = {(122, 671): "floor", (112, 616): "bytescale", (12, 40): "round"}
+    assert prepare.main(["--dataset", "cvusa", "--root", root, "--workers", "1",
+                         "--sizes", *[f"{h}x{w}" for h, w in sizes]]) == 0
+    out = capsys.readouterr().out
+    assert "polar maps 122x671: floor" in out and "polar maps 112x616: bytescale" in out
+    rec = read_split("cvusa", root, "train")[0]
+    aerial = cv2.imread(rec.aerial)
+    for size, rounding in sizes.items():
+        folder = os.path.dirname(prepared_polar_path(rec, size))
+        record = json.load(open(os.path.join(folder, "polar.json")))
+        assert record["rounding"] == rounding == folder_rounding(folder)
+        assert (record["height"], record["width"]) == size
+        want = to_uint8(polar_transform(aerial, *size, dtype=np.float64), rounding)
+        np.testing.assert_array_equal(cv2.imread(prepared_polar_path(rec, size)), want)
+
+    from common.data.pipeline import aerial_input_note
+    from common.data.specs import InputSpec
+
+    recs = read_split("cvusa", root, "train")
+    note = aerial_input_note(recs, InputSpec("t", (122, 671), (122, 671), True, "tanh"))
+    assert "2 prepared polar maps in" in note and "(rounding: floor)" in note  # what training and evaluate print
+    assert "computed on the fly" in aerial_input_note(recs, InputSpec("t", (20, 88), (20, 88), True, "tanh"))
+
+    with pytest.raises(CVGLError, match="rounded 'floor', not 'round'.*--polar-rounding floor"):
+        prepare.main(["--dataset", "cvusa", "--root", root, "--workers", "1", "--sizes", "122x671",
+                      "--polar-rounding", "round"])
+    older = os.path.dirname(prepared_polar_path(rec, (112, 616)))
+    os.remove(os.path.join(older, "polar.json"))  # as an earlier version of prepare left it
+    assert folder_rounding(older) == "round"
+    with pytest.raises(CVGLError, match="earlier prepare.*--polar-rounding round"):
+        prepare.main(["--dataset", "cvusa", "--root", root, "--workers", "1", "--sizes", "112x616"])
+    assert prepare.main(["--dataset", "cvusa", "--root", root, "--workers", "1", "--sizes", "112x616",
+                         "--polar-rounding", "round"]) == 0
+    assert folder_rounding(older) == "round"

@@ -28,8 +28,16 @@ WRAPPER_KEYS = ("model_state_dict", "state_dict", "model")
 
 
 def read_state_dict(path) -> dict:
-    """{key: np.ndarray} from a .npz / .safetensors / .pth state dict (or an official training checkpoint)."""
-    path = require_file(path, "checkpoint", "give the path of a PyTorch state dict (.pth/.safetensors/.npz)")
+    """{key: np.ndarray} from a .npz / .safetensors / .pth state dict (or an official training checkpoint), or
+    from a TensorFlow 1 checkpoint prefix (``model.ckpt``: :mod:`common.backbones.tf1_checkpoint`)."""
+    from common.backbones.tf1_checkpoint import read_tf1_checkpoint, tf1_prefix
+
+    if not os.path.isfile(os.fspath(path)) and tf1_prefix(path) is not None:
+        return read_tf1_checkpoint(path)
+    path = require_file(path, "checkpoint", "give the path of a PyTorch state dict (.pth/.safetensors/.npz) or "
+                        "of a TensorFlow 1 checkpoint prefix (model.ckpt, beside model.ckpt.index)")
+    if os.path.splitext(path)[1].lower() in (".index", ".meta") or ".data-" in os.path.basename(path):
+        return read_tf1_checkpoint(path)
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext == ".npz":

@@ -127,6 +127,36 @@ def resolve_sources(records, spec) -> dict:
     }
 
 
+def aerial_input_note(records, spec) -> str:
+    """Which aerial pixels a model of ``spec`` reads from ``records``, in one line: raw images, prepared polar
+    maps (and how ``prepare`` rounded them, from each size folder's polar.json), maps given with the dataset,
+    or the polar transform on the fly."""
+    from common.data.prepare import folder_rounding
+
+    spec = get_spec(spec)
+    if not spec.polar:
+        return f"aerial: the raw images, resized to {spec.aerial_size[0]}x{spec.aerial_size[1]}"
+    sources = resolve_sources(records, spec)
+    parts, sized = [], {}
+    given = 0
+    for path, mode, rec in zip(sources["aerial_path"], sources["aerial_mode"], records):
+        if mode != AERIAL_FILE:
+            continue
+        if path == rec.polar:
+            given += 1
+        else:
+            folder = os.path.dirname(path)
+            sized[folder] = sized.get(folder, 0) + 1
+    for folder, n in sorted(sized.items()):
+        parts.append(f"{n:,} prepared polar maps in {folder} (rounding: {folder_rounding(folder)})")
+    if given:
+        parts.append(f"{given:,} polar maps given with the dataset (rounding as their maker chose)")
+    fly = int(np.sum(sources["aerial_mode"] == AERIAL_ON_THE_FLY))
+    if fly:
+        parts.append(f"{fly:,} polar maps computed on the fly (float, not rounded)")
+    return "aerial: " + "; ".join(parts)
+
+
 # ------------------------------------------------------------------------------------------------------
 # an image that TensorFlow cannot decode, named (the pipeline itself cannot say which file failed)
 # ------------------------------------------------------------------------------------------------------

@@ -17,10 +17,11 @@ convention of the north-aligned panoramas.
 Three paths, tested against each other (tests/test_polar.py):
 
 * :func:`polar_transform` — the reference: float64 arithmetic, float32 result, no rounding.
-* :func:`polar_transform_fast` — offline preparation: float32 sampling maps cached per (S, H, W) and
-  ``cv2.remap`` (bilinear, zero border). uint8 in, uint8 out, **rounded** to the nearest integer (measured:
-  at most 0.5 grey levels from the reference on random images). GeoDTR's own preparation truncates with
-  ``astype(uint8)`` instead, which biases every pixel by -0.5 grey levels; the reference returns floats.
+* :func:`polar_transform_fast` — offline preparation: the reference's float64 sampling cached per (S, H, W),
+  four gathers of the uint8 image. uint8 in, uint8 out, converted by one of :data:`ROUNDINGS`:
+  "round" (nearest integer, at most 0.5 grey levels from the reference), "floor" (GeoDTR's own preparation:
+  ``astype(uint8)``, a -0.5 grey-level bias on average) or "bytescale" (SAFA's: ``scipy.misc.imsave`` of the
+  float64 map, which stretches the map's min..max to 0..255 before rounding). The reference returns floats.
 * :class:`PolarTransform` (in :mod:`common.data.polar_layer`, importable from here too) — a Keras layer
   (keras.ops only, so it runs in a SavedModel and under JAX):
   the sampling grid is built once in ``build()`` for the input size, the interpolation is four gathers.
@@ -58,8 +59,9 @@ def sample_coordinates(size: int, height: int, width: int):
     return rows, cols
 
 
-def polar_transform(aerial, height: int, width: int) -> np.ndarray:
-    """Reference SAFA polar transform. ``aerial``: S x S or S x S x C (any dtype). Returns float32 H x W[x C].
+def polar_transform(aerial, height: int, width: int, dtype=np.float32) -> np.ndarray:
+    """Reference SAFA polar transform. ``aerial``: S x S or S x S x C (any dtype). Returns H x W[x C] of
+    ``dtype`` (float32; float64 gives the float64 map the original preparation scripts convert to uint8).
 
     Computed in float64 exactly as the formula in the module docstring (truncation = floor, zero outside).
     """
@@ -85,29 +87,70 @@ def polar_transform(aerial, height: int, width: int) -> np.ndarray:
     wc1 = (c1 - cols)[..., None]
     wc0 = (cols - c0)[..., None]
     out = wc1 * (wr1 * pixel(r0, c0) + wr0 * pixel(r1, c0)) + wc0 * (wr1 * pixel(r0, c1) + wr0 * pixel(r1, c1))
-    out = out.astype(np.float32)
+    out = out.astype(dtype)
     return out[:, :, 0] if squeeze else out
 
 
-@functools.lru_cache(maxsize=16)
-def _remap_maps(size: int, height: int, width: int):
+@functools.lru_cache(maxsize=8)
+def _grid64(size: int, height: int, width: int):
+    """The reference's float64 sampling, once per (S, H, W): four flat indices, their inside masks, and the
+    row / column weights (the same numbers, combined in the same order, as :func:`polar_transform`)."""
     rows, cols = sample_coordinates(size, height, width)
-    # Float32 maps, computed once per (S, H, W). (Converting them to OpenCV's fixed-point CV_16SC2 form
-    # would quantise the bilinear weights to 1/32 px: up to 6 grey levels off on noise images.)
-    return cols.astype(np.float32), rows.astype(np.float32)
+    r0 = np.floor(rows).astype(np.int64)
+    c0 = np.floor(cols).astype(np.int64)
+    taps = []
+    for r, c in ((r0, c0), (r0 + 1, c0), (r0, c0 + 1), (r0 + 1, c0 + 1)):
+        inside = ((r >= 0) & (r < size) & (c >= 0) & (c < size)).astype(np.float64)
+        taps.append(((np.clip(r, 0, size - 1) * size + np.clip(c, 0, size - 1)).reshape(-1), inside.reshape(-1)))
+    weights = [w.reshape(-1)[:, None] for w in (r0 + 1 - rows, rows - r0, c0 + 1 - cols, cols - c0)]
+    return taps, weights
 
 
-def polar_transform_fast(aerial, height: int, width: int) -> np.ndarray:
-    """Fast polar transform for dataset preparation: uint8 S x S[x C] in, uint8 H x W[x C] out (rounded)."""
-    import cv2
+# How a polar map's float samples become uint8, as each original preparation script writes its maps.
+ROUNDINGS = {
+    "round": "to the nearest integer (this project's own choice: at most 0.5 grey levels from the float map)",
+    "floor": "truncated, as GeoDTR's data_preparation.py (numpy astype(uint8) of the float map)",
+    "bytescale": "stretched from the map's own min..max to 0..255, then +0.5 and truncated, as SAFA's "
+                 "data_preparation.py (scipy.misc.imsave of a float64 array: toimage -> bytescale)",
+}
 
+
+def to_uint8(samples, rounding: str = "round") -> np.ndarray:
+    """uint8 of float polar samples in [0, 255], by one of :data:`ROUNDINGS`."""
+    x = np.asarray(samples, dtype=np.float64)
+    if rounding == "round":
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    if rounding == "floor":
+        return np.clip(np.floor(x), 0, 255).astype(np.uint8)
+    if rounding == "bytescale":
+        lo, hi = float(x.min()), float(x.max())
+        scale = 255.0 / ((hi - lo) or 1.0)
+        return (np.clip((x - lo) * scale, 0, 255) + 0.5).astype(np.uint8)
+    raise CVGLError(f"polar rounding {rounding!r}: use one of {', '.join(ROUNDINGS)}")
+
+
+def polar_transform_fast(aerial, height: int, width: int, rounding: str = "round") -> np.ndarray:
+    """Fast polar transform for dataset preparation: uint8 S x S[x C] in, uint8 H x W[x C] out.
+
+    ``rounding`` (:data:`ROUNDINGS`): the float64 map of the reference (its sampling cached per size, four
+    gathers; OpenCV's remap would quantise positions to 1/32 px) converted as the original scripts convert
+    theirs, so every mode equals its definition applied to the float64 map."""
     img = np.asarray(aerial)
     _check_square(img.shape)
     if img.dtype != np.uint8:
         raise CVGLError(f"polar_transform_fast expects a uint8 image, got {img.dtype}; use polar_transform")
-    map1, map2 = _remap_maps(int(img.shape[0]), int(height), int(width))
-    return cv2.remap(img, map1, map2, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                     borderValue=0)
+    if rounding not in ROUNDINGS:
+        raise CVGLError(f"polar rounding {rounding!r}: use one of {', '.join(ROUNDINGS)}")
+    size = int(img.shape[0])
+    flat = img.reshape(size * size, -1)
+    (t00, t10, t01, t11), (wr1, wr0, wc1, wc0) = _grid64(size, int(height), int(width))
+
+    def tap(t):
+        return flat[t[0]].astype(np.float64) * t[1][:, None]
+
+    samples = wc1 * (wr1 * tap(t00) + wr0 * tap(t10)) + wc0 * (wr1 * tap(t01) + wr0 * tap(t11))
+    out = to_uint8(samples, rounding).reshape(int(height), int(width), -1)
+    return out[:, :, 0] if img.ndim == 2 else out
 
 
 def polar_grid(size: int, height: int, width: int):

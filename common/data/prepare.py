@@ -16,6 +16,67 @@ from common.errors import CVGLError
 
 
 DEFAULT_SIZES = ("122x671", "112x616")
+# How each default size's maps are rounded by the preparation script of the models trained at that size
+# (common.data.polar.ROUNDINGS): 122x671 truncates (numpy astype), 112x616 byte-scales (scipy.misc.imsave);
+# any other size is rounded to the nearest integer.
+DEFAULT_ROUNDING = {(122, 671): "floor", (112, 616): "bytescale"}
+POLAR_RECORD = "polar.json"  # in each size folder: how its maps were rounded
+
+
+def rounding_for(size, requested: str = "auto") -> str:
+    """The rounding ``prepare`` uses for maps of ``size``: ``requested``, or for "auto" the original one."""
+    from common.data.polar import ROUNDINGS
+
+    if requested == "auto":
+        return DEFAULT_ROUNDING.get(tuple(size), "round")
+    if requested not in ROUNDINGS:
+        raise CVGLError(f"--polar-rounding {requested!r}: use auto or one of {', '.join(ROUNDINGS)}")
+    return requested
+
+
+def read_polar_record(folder: str) -> dict | None:
+    """The ``polar.json`` of a prepared size folder (None when absent: maps of an older prepare, rounded)."""
+    import json
+
+    path = os.path.join(folder, POLAR_RECORD)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as fh:
+            record = json.load(fh)
+        if not isinstance(record, dict) or "rounding" not in record:
+            raise ValueError("no 'rounding' key")
+        return record
+    except (OSError, ValueError) as exc:
+        raise CVGLError(f"{path} is unreadable ({exc}); delete it and rerun prepare with --verify") from None
+
+
+def folder_rounding(folder: str) -> str:
+    """How the maps in ``folder`` were rounded ("round" for a folder of an older prepare without a record)."""
+    record = read_polar_record(folder)
+    return record["rounding"] if record else "round"
+
+
+def _claim_folder(folder: str, size, rounding: str) -> None:
+    """Record ``rounding`` in ``folder``, or refuse when its maps were written another way."""
+    import json
+
+    from common.data.polar import ROUNDINGS
+    from common.files import write_text
+
+    record = read_polar_record(folder)
+    has_maps = os.path.isdir(folder) and any(n.endswith(".png") for n in os.listdir(folder))
+    if record is not None and record["rounding"] != rounding and has_maps:
+        raise CVGLError(f"{folder} holds polar maps rounded '{record['rounding']}', not '{rounding}'; pass "
+                        f"--polar-rounding {record['rounding']} to continue it, or delete the folder to rewrite it")
+    if record is None and has_maps and rounding != "round":
+        raise CVGLError(f"{folder} holds polar maps of an earlier prepare (rounded to the nearest integer, no "
+                        f"{POLAR_RECORD}); pass --polar-rounding round to continue it, or delete the folder to "
+                        f"rewrite it '{rounding}'")
+    if record is None or record["rounding"] != rounding:
+        write_text(os.path.join(folder, POLAR_RECORD), json.dumps(
+            {"height": int(size[0]), "width": int(size[1]), "rounding": rounding,
+             "definition": ROUNDINGS[rounding]}, indent=2) + "\n")
 
 
 def parse_size(text: str) -> tuple:
@@ -72,7 +133,7 @@ def _job(args):
 
     from common.data.images import decode_checked, decode_problem
 
-    rid, dataset, aerial, ground, polar_outputs, crop_out, aerial_size, verify = args
+    rid, dataset, aerial, ground, polar_outputs, crop_out, aerial_size, verify, roundings = args
     if verify:  # a prepared file that is empty, truncated or undecodable is redone, not trusted
         for out in [o for _, o in polar_outputs] + ([crop_out] if crop_out else []):
             if os.path.isfile(out) and decode_problem(out):
@@ -100,8 +161,8 @@ def _job(args):
         return rid, (f"panorama {ground} is {grd.shape[0]}x{grd.shape[1]}, expected width/height "
                      f"{GROUND_ASPECT[dataset]:.2f}"), 0
     written = 0
-    for (h, w), out in todo:
-        _atomic_write(out, polar_transform_fast(img, h, w))  # BGR in, BGR out: per-channel transform
+    for (h, w), out in todo:  # BGR in, BGR out: a per-channel transform (bytescale: over all channels at once)
+        _atomic_write(out, polar_transform_fast(img, h, w, rounding=roundings[(h, w)]))
         written += 1
     if need_crop:
         top, bottom = crop_rows(grd.shape[0])
@@ -147,7 +208,8 @@ def counts_table(dataset: str, rows) -> str:
 
 
 def prepare_dataset(dataset: str, root: str, sizes=DEFAULT_SIZES, splits=None, workers: int = 1,
-                    check_only: bool = False, allow_missing: bool = False, verify: bool = False) -> int:
+                    check_only: bool = False, allow_missing: bool = False, verify: bool = False,
+                    polar_rounding: str = "auto") -> int:
     """Check a dataset folder, print its counts table, write the polar maps (and CVACT's ground crops).
 
     Resumable (finished files are skipped), atomic per file, parallel over ``workers`` processes; bad pairs
@@ -159,6 +221,7 @@ def prepare_dataset(dataset: str, root: str, sizes=DEFAULT_SIZES, splits=None, w
                                      prepared_polar_path)
 
     sizes = [parse_size(s) for s in args.sizes]
+    roundings = {size: rounding_for(size, polar_rounding) for size in sizes}
     splits = args.splits or list(SPLITS[args.dataset])
     for s in splits:
         if s not in SPLITS[args.dataset]:
@@ -203,7 +266,15 @@ def prepare_dataset(dataset: str, root: str, sizes=DEFAULT_SIZES, splits=None, w
             outs = [(size, check_writable_inside(args.root, prepared_polar_path(r, size))) for size in sizes]
             if r.ground_prepared:
                 check_writable_inside(args.root, r.ground_prepared)
-            jobs.append((r.id, args.dataset, r.aerial, r.ground, outs, r.ground_prepared, ref, args.verify))
+            jobs.append((r.id, args.dataset, r.aerial, r.ground, outs, r.ground_prepared, ref, args.verify,
+                         roundings))
+    from common.data.polar import ROUNDINGS
+
+    for size in sizes:
+        folders = {os.path.dirname(o) for job in jobs for sz, o in job[4] if sz == size}
+        for folder in sorted(folders):
+            _claim_folder(folder, size, roundings[size])
+        print(f"polar maps {size[0]}x{size[1]}: {roundings[size]} ({ROUNDINGS[roundings[size]]})")
     removed = _remove_leftovers({os.path.dirname(o) for job in jobs for o in [x for _, x in job[4]] + [job[5]] if o})
     if removed:
         print(f"removed {removed} temporary file(s) of an interrupted earlier run", file=sys.stderr)

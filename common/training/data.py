@@ -54,6 +54,9 @@ def records_data(cfg: dict, root: str, spec, seed: int = 0, val_split: str = "va
     val_records = read_split(dataset, val_root or root, val_split, allow_missing=allow_missing) if val_split else []
     with_positions = dataset == "cvact" and positions_array(train_records) is not None
     train_cfg = cfg["train"]
+    from common.data.pipeline import aerial_input_note
+
+    print(f"training input: {aerial_input_note(train_records, spec)}")
 
     augment = augment_argument(cfg.get("augment"))
 
