@@ -106,6 +106,16 @@ def bench(tmp_path_factory):
 from tests.helpers.cli_cases import assert_one_error as _assert_one_error, run_cases as _run  # noqa: E402
 
 
+def _check_cases(cases: dict) -> None:
+    """Run ``{name: ((module, argv), needles)}`` in one process; each must be one error line with its needles."""
+    results = _run([c for c, _ in cases.values()])
+    for (name, (_, needles)), res in zip(cases.items(), results):
+        try:
+            _assert_one_error(res, *needles)
+        except AssertionError as exc:
+            raise AssertionError(f"case {name!r}: {exc}") from None
+
+
 @pytest.mark.slow
 def test_serving_and_data_bad_inputs(bench, tmp_path):
     b = bench
@@ -139,12 +149,7 @@ def test_serving_and_data_bad_inputs(bench, tmp_path):
                                  ("source of this export",)),
     }
     before = {k: _snapshot(b[k]) for k in ("world", "export", "run", "unrelated", "w_trunc")}
-    results = _run([c for c, _ in cases.values()])
-    for (name, (_, needles)), res in zip(cases.items(), results):
-        try:
-            _assert_one_error(res, *needles)
-        except AssertionError as exc:
-            raise AssertionError(f"case {name!r}: {exc}") from None
+    _check_cases(cases)
     for k, snap in before.items():
         assert _snapshot(b[k]) == snap, f"{k} changed"
     assert not os.path.exists(os.path.join(os.path.dirname(b["base"]), "outside"))
@@ -260,12 +265,7 @@ def test_undecodable_images_are_named(bench, tmp_path):
         "zero-byte prepared map": (("experiments.evaluate", ev + ["--root", zero, "--weights", bench["weights"]]),
                                    (os.path.basename(polar), "0 bytes", "--verify")),
     }
-    results = _run([c for c, _ in cases.values()])
-    for (name, (_, needles)), res in zip(cases.items(), results):
-        try:
-            _assert_one_error(res, *needles)
-        except AssertionError as exc:
-            raise AssertionError(f"case {name!r}: {exc}") from None
+    _check_cases(cases)
 
     verify, dropped = _run([
         ("experiments.prepare", ["--dataset", "cvusa", "--root", world, "--workers", "1", "--verify"]),

@@ -332,7 +332,9 @@ def small_disk(tmp_path):
             subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
-def test_synth_into_a_full_disk_is_one_line_and_leaves_no_temporary_file(small_disk):
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_synth_into_a_full_disk_is_one_line_and_leaves_no_temporary_file(small_disk, workers):
+    """Also with worker processes: a worker's full disk is the same one line (no traceback from the pool)."""
     # most of the 2 MiB taken by a filler, so that a dozen small pairs fill the rest
     free = shutil.disk_usage(small_disk).free
     filler = os.path.join(small_disk, "filler")
@@ -340,7 +342,7 @@ def test_synth_into_a_full_disk_is_one_line_and_leaves_no_temporary_file(small_d
         fh.write(b"\0" * (free - 150 * 1024))
     out = os.path.join(small_disk, "world")
     args = ["--layout", "cvusa", "--out", out, "--train", "12", "--aerial-size", "256", "--pano-size", "64x352",
-            "--no-sheet"]
+            "--no-sheet", "--workers", str(workers)]
     res = _cli("experiments.synth", args)
     line = _one_error(res, "no space left on device (writing " + out, "free space and rerun")
     assert line.endswith(".jpg); free space and rerun the same command: finished files are kept whole and the "
@@ -355,26 +357,6 @@ def test_synth_into_a_full_disk_is_one_line_and_leaves_no_temporary_file(small_d
     again = _cli("experiments.synth", args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert os.path.isfile(os.path.join(out, "synth.json"))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("workers", [2])
-def test_synth_with_workers_into_a_full_disk(small_disk, workers):
-    """As above with worker processes: the worker's full disk is the same one line (no traceback from the
-    pool), no temporary file is left, and the rerun resumes."""
-    free = shutil.disk_usage(small_disk).free
-    filler = os.path.join(small_disk, "filler")
-    with open(filler, "wb") as fh:
-        fh.write(b"\0" * (free - 150 * 1024))
-    out = os.path.join(small_disk, "world")
-    args = ["--layout", "cvusa", "--out", out, "--train", "12", "--aerial-size", "256", "--pano-size", "64x352",
-            "--no-sheet", "--workers", str(workers)]
-    _one_error(_cli("experiments.synth", args), "no space left on device (writing " + out, "free space and rerun")
-    names = [os.path.join(d, f) for d, _, fs in os.walk(small_disk) for f in fs]
-    assert not [n for n in names if ".tmp" in os.path.basename(n)], names
-    os.remove(filler)
-    again = _cli("experiments.synth", args)
-    assert again.returncode == 0, again.stderr[-3000:]
 
 
 def _fill(disk, leave=0):
