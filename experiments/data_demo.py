@@ -81,7 +81,7 @@ def picture(path, records, plain, augmented, spec, n_rows):
     plt.close(fig)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.data_demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output folder (the world goes to OUT/world, the picture to "
                    "OUT/data_demo.png)")
@@ -90,7 +90,11 @@ def main(argv=None) -> int:
     p.add_argument("--spec", default="geodtr_polar",
                    help="a polar input spec of a registered family, whose pipeline is shown (default geodtr_polar; "
                         "python -m experiments.families lists them)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if args.pairs < 4:
         raise CVGLError("--pairs must be at least 4 (one batch of 4 is shown)")
     t0 = time.time()

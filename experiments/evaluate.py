@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
 import time
@@ -78,6 +77,32 @@ def _convert_tf1(path: str, dataset: str):
     model, note = fn(read_tf1_checkpoint(path), argparse.Namespace(checkpoint=path, input_size=None))
     config = f"{fam.name}_{dataset}"
     return model, note, (config if os.path.isfile(os.path.join(fam.config_dir, config + ".yaml")) else None)
+
+
+def save_descriptors(path: str, ground, aerial, records) -> None:
+    """``path`` (.npz or .mat) holding the descriptors of ``records``, row i = pair i, atomically."""
+    import numpy as np
+
+    from common.data.records import positions_array
+    from common.files import atomic_path
+
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".npz", ".mat"):
+        raise CVGLError(f"--save-descriptors {path}: the file must end with .npz or .mat")
+    ids = np.asarray([r.id for r in records])
+    pos = positions_array(records)
+    with atomic_path(path) as tmp:
+        if ext == ".npz":
+            extra = {} if pos is None else {"positions": pos}
+            with open(tmp, "wb") as fh:  # np.savez on a file object: the temporary name keeps no .npz ending
+                np.savez(fh, ground=ground, aerial=aerial, ids=ids, **extra)
+        else:
+            import scipy.io
+
+            extra = {} if pos is None else {"utm": pos}
+            scipy.io.savemat(tmp, {"grd_global_descriptor": ground, "sat_global_descriptor": aerial,
+                                   "ids": ids, **extra}, do_compression=True)
+    print(f"descriptors: {path} ({len(records)} pairs, {ground.shape[1]} dimensions)")
 
 
 def load_source(args):
@@ -239,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="distance arithmetic; float64 matches the official float64 evaluators bit for bit (default %(default)s)")
     p.add_argument("--allow-missing", action="store_true",
                    help="drop pairs with missing image files (listed) instead of failing; changes N")
+    p.add_argument("--save-descriptors", metavar="FILE", default=None,
+                   help="also write the descriptors: FILE.npz (ground, aerial, ids[, positions]) or FILE.mat "
+                        "(grd_global_descriptor / sat_global_descriptor, one row per pair, as the research "
+                        "repositories' MATLAB evaluation reads; plus ids and utm) (default: not written)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -284,6 +313,8 @@ def main(argv=None) -> int:
     ground, aerial = embed_records(model, records, batch_size=args.batch_size, progress=progress, raw=raw)
     t_embed = time.perf_counter() - t0
 
+    if args.save_descriptors:
+        save_descriptors(args.save_descriptors, ground, aerial, records)
     t0 = time.perf_counter()
     metrics = recall_at_k(ground, aerial, ks=(1, 5, 10), query_pos=positions, reference_pos=positions,
                           radius_m=args.radius_m if protocol == "radius" else None, chunk_size=args.chunk_size,
@@ -320,7 +351,9 @@ def main(argv=None) -> int:
             result[key] = metrics[key]
 
     out = args.out or os.path.join(args.run or ".", f"eval_{args.dataset}_{args.split}.json")
-    _atomic_write(out, (json.dumps(result, indent=2) + "\n").encode())
+    from common.files import write_json
+
+    write_json(out, result)
     png = os.path.splitext(out)[0] + ".png"
     plot_curve(result, png)
     print(format_table(result))

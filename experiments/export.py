@@ -33,7 +33,7 @@ from common.serving.loading import load_trained_model, resolve_run
 
 
 # ------------------------------------------------------------------------------------------------- main
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.export",
         description="Export a trained model as a TF SavedModel with raw-image endpoints embed_ground / "
@@ -52,7 +52,11 @@ def main(argv=None):
                         "aerial images have another resolution than the training data, e.g. 750 for CVUSA)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out that is itself an earlier export (never any other "
                         "directory, never the run being exported)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
 
     if bool(args.run) == bool(args.weights):
         raise CVGLError("give exactly one of --run RUN_DIR or --weights FILE.keras (with --config)")

@@ -9,12 +9,12 @@ find. ``CVGL_FAMILIES=my_package`` adds a family of your own (comma-separated mo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from common.errors import run_cli  # noqa: E402
+from common.files import to_json  # noqa: E402
 
 
 def describe() -> list:
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     rows = describe()
     if args.json:
-        print(json.dumps(rows))
+        print(to_json(rows))
         return 0
     for r in rows:
         specs = ", ".join(f"{n} ({'x'.join(map(str, s['ground_size']))} ground, "

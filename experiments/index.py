@@ -71,7 +71,7 @@ def _info(args):
     return 0
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m experiments.index",
                                      description="Build or inspect an aerial index for experiments.localize.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,16 +79,21 @@ def main(argv=None):
     b.add_argument("--export", required=True, help="export directory written by experiments.export")
     b.add_argument("--dataset", required=True, choices=("cvusa", "cvact"), help="dataset layout of --root")
     b.add_argument("--root", required=True, help="dataset folder (CVUSA or CVACT layout)")
-    b.add_argument("--split", default="val", choices=("train", "val", "test"), help="which split's aerials")
+    b.add_argument("--split", default="val", choices=("train", "val", "test"), help="which split's aerials (default %(default)s)")
     b.add_argument("--out", required=True, help="index file to write (.npz)")
-    b.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    b.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default %(default)s)")
     b.add_argument("--checkpoint-every", type=int, default=2048,
-                   help="save progress every this many images (resumed when the build is run again)")
-    b.add_argument("--limit", type=int, default=0, help="index only the first N pairs (0 = all)")
+                   help="save progress every this many images, resumed when the build is run again "
+                        "(default %(default)s)")
+    b.add_argument("--limit", type=int, default=0, help="index only the first N pairs (default 0 = all)")
     b.add_argument("--allow-missing", action="store_true", help="drop pairs whose image files are missing")
     i = sub.add_parser("info", help="print what an index holds")
     i.add_argument("--index", required=True, help="index file (.npz)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.command == "build":
         if args.batch_size < 1:
             raise CVGLError(f"--batch-size must be positive, got {args.batch_size}")

@@ -18,7 +18,6 @@ The index must have been built with the same export (same weights fingerprint), 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -26,7 +25,7 @@ from common.errors import CVGLError, run_cli
 from common.serving.localize import find_true_id, format_hits, localize, save_picture
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.localize",
         description="Find where a street-level panorama was taken: its top-K aerial images in an index built "
@@ -35,20 +34,24 @@ def main(argv=None):
     parser.add_argument("--export", required=True, help="export directory written by experiments.export")
     parser.add_argument("--index", required=True, help="index file written by experiments.index build")
     parser.add_argument("--query", required=True, help="ground panorama image (JPEG/PNG, any size, north-aligned)")
-    parser.add_argument("--top-k", type=int, default=5, help="how many aerial candidates to list")
+    parser.add_argument("--top-k", type=int, default=5, help="how many aerial candidates to list (default %(default)s)")
     parser.add_argument("--out", default="localize_out",
                         help="folder for <query>.json and <query>.png (default: localize_out)")
     parser.add_argument("--true-id", default=None,
                         help="id of the true aerial, when the query file name does not contain it")
     parser.add_argument("--backend", default="auto", choices=("auto", "numpy", "tf", "faiss"),
-                        help="exact search backend (auto: FAISS for galleries of 100k+ when installed)")
-    args = parser.parse_args(argv)
+                        help="exact search backend (default auto: FAISS for galleries of 100k+ when installed)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.top_k < 1:
         raise CVGLError(f"--top-k must be a positive integer, got {args.top_k}")
 
     from common.serving.export import load_export
     from common.data.images import read_rgb
-    from common.files import write_text
+    from common.files import write_json
     from common.serving.index import check_compatible, load_index
 
     image = read_rgb(args.query, "query image")
@@ -66,7 +69,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.splitext(os.path.basename(args.query))[0]
     json_path = os.path.join(args.out, f"{stem}.json")
-    write_text(json_path, json.dumps(result, indent=2))
+    write_json(json_path, result)
     png_path = os.path.join(args.out, f"{stem}.png")
     save_picture(image, result, png_path, title=f"query {os.path.basename(args.query)}")
     print(f"wrote {json_path} and {png_path}")

@@ -19,10 +19,10 @@ MGTL (arXiv 2203.09135) and SAFA (NeurIPS 2019) via the configs' ``source`` fiel
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from common.errors import CVGLError, run_cli
+from common.files import to_json
 from common.evaluation.parity import STRICT_R1_DROP, compare, format_report, load_results, strict_failures
 
 
@@ -35,7 +35,7 @@ from common.evaluation.parity import STRICT_R1_DROP, compare, format_report, loa
 # ------------------------------------------------------------------------------------------------ compare
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.parity",
         description="Print our recall beside the paper's for the same setting (numbers from the `expected` "
@@ -49,7 +49,11 @@ def main(argv=None):
                         help=f"exit 1 if any R@1 is more than {STRICT_R1_DROP:g} point below the paper; exit 2 if "
                         "no evaluation has a paper row to compare with")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON instead of a table")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
 
     results = load_results(args.results)
     report = compare(results, config=args.config)
@@ -59,7 +63,7 @@ def main(argv=None):
             "dataset and split); pass the results.json of experiments.evaluate"
         )
     if args.json:
-        print(json.dumps(report, indent=2, default=str))
+        print(to_json(report, indent=2))
     else:
         print(format_report(report, args.config))
     if args.strict:

@@ -11,12 +11,12 @@ object whose ``params`` is the integer total.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from common.errors import run_cli  # noqa: E402
+from common.files import to_json  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     report = get_family(args.model).summarize(args)
     if args.json:
-        print(json.dumps(report))
+        print(to_json(report))
     else:
         from common.models.summary import format_report
 

@@ -28,6 +28,7 @@ import sys
 import time
 
 from common.errors import CVGLError, run_cli
+from common.files import to_json
 
 
 def _size_hw(text: str):
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
             raise CVGLError(f"baseline folder not found: {root} (write one with --out first)")
         layout = args.layout or _read_layout(root)
         result = raw_pixel_baseline(root, layout, args.split, args.baseline_size)
-        print(json.dumps(result, indent=2) if args.json else format_baseline(result))
+        print(to_json(result, indent=2) if args.json else format_baseline(result))
         return 0
     if not args.out or not args.layout:
         raise CVGLError("writing a world needs --layout {cvusa,cvact} and --out DIR (or use --baseline DIR)")
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
                           contact_sheet=not args.no_sheet)
     summary["seconds"] = round(time.time() - t0, 2)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(to_json(summary, indent=2))
     else:
         s = summary
         print(f"wrote {s['pairs']} pairs ({', '.join(f'{k} {v}' for k, v in s['splits'].items())}) in "

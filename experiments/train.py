@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-split", default="val",
                    help="split validated after every epoch (default val; CVUSA's val IS its test split); "
                         "'none' turns validation off (best.keras then follows the training loss)")
-    p.add_argument("--validate-every", type=int, default=1, help="validate every N epochs (and after the last)")
+    p.add_argument("--validate-every", type=int, default=1, help="validate every N epochs, and after the last (default %(default)s)")
     p.add_argument("--allow-missing", action="store_true",
                    help="drop (and list) the pairs whose images are missing, cut short or listed in the root's "
                         "bad_pairs.txt (by prepare --verify) instead of refusing to start (default: refuse)")

@@ -68,7 +68,8 @@ def _register():
         (("--no-polar",), dict(dest="polar", action="store_false", help="the non-polar variant (256x256 raw aerial)")),
     ]
     heads = (("--heads",), dict(type=int, default=4,
-                                help="attention heads of an official checkpoint (not stored in the weights; paper: 4)"))
+                                help="attention heads of an official checkpoint (not stored in the weights; default "
+                                     "4, the paper's)"))
     register_family(Family(
         name="geodtr",
         description="GeoDTR (AAAI 2023): ResNet-34 towers + geometric layout extractor, counterfactual learning",
@@ -83,7 +84,7 @@ def _register():
         options={
             "summary": polar_flags,
             "convert": polar_flags + [heads, (("--dropout",), dict(type=float, default=0.3,
-                                                                   help="dropout for further training (paper: 0.3)"))],
+                                                                   help="dropout for further training (default 0.3, the paper's)"))],
         },
         demo=DEMO_RECIPE,
         tiny={"model": {"num_descriptors": 2, "num_layers": 1, "num_heads": 1, "ffn_dim": 32,

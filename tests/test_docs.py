@@ -219,6 +219,8 @@ def split_command(line: str, env: dict) -> Command:
         return Command(env, "python", tokens[2], tokens[3:])
     if prog == "pytest":
         return Command(env, "pytest", "pytest", tokens[1:])
+    if prog == "cvgl" and len(tokens) > 1 and not tokens[1].startswith("-"):  # cvgl CMD = python -m experiments.CMD
+        return Command(env, "python", "experiments." + tokens[1].replace("-", "_"), tokens[2:])
     if prog == "make":
         return Command(env, "make", argv=tokens[1:])
     return Command(env, "other", argv=tokens)

@@ -129,6 +129,28 @@ def test_run_directory_and_export(world, weights, tmp_path):
     assert res_e["metrics"] == res["metrics"]  # raw-image endpoints give the same retrieval
 
 
+def test_strict_json_and_saved_descriptors(world, weights, tmp_path):
+    """Fewer than 100 pairs: R@1% is null in the file (never a bare NaN: strict parsers reject it); the
+    descriptors go to .npz and to .mat (the names the MATLAB evaluations of the research code read)."""
+    import numpy as np
+    import scipy.io
+
+    root, _ = world
+    out = tmp_path / "e.json"
+    for ext in (".npz", ".mat"):
+        _run(["--dataset", "cvusa", "--split", "val", "--root", root, "--weights", weights, "--out", str(out),
+              "--no-progress", "--save-descriptors", str(tmp_path / f"d{ext}")])
+    text = out.read_text()
+    assert "NaN" not in text and json.loads(text)["metrics"]["R@1%"] is None
+    with np.load(tmp_path / "d.npz") as z:
+        ground, aerial, ids = z["ground"], z["aerial"], z["ids"]
+    mat = scipy.io.loadmat(tmp_path / "d.mat")
+    np.testing.assert_array_equal(mat["grd_global_descriptor"], ground)
+    np.testing.assert_array_equal(mat["sat_global_descriptor"], aerial)
+    assert ground.shape == aerial.shape and len(ids) == ground.shape[0]
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
+
+
 def test_embed_records_order_and_batches(world, weights):
     import keras
 

@@ -45,3 +45,37 @@ def write_bytes(path: str, data: bytes, tmp: str | None = None) -> None:
 def write_text(path: str, text: str, tmp: str | None = None) -> None:
     with atomic_path(path, tmp) as t, open(t, "w") as fh:
         fh.write(text)
+
+
+def plain(obj):
+    """``obj`` made of JSON's own types: numpy scalars and arrays to numbers and lists, NaN and infinities to
+    None (strict parsers reject bare ``NaN``), tuples to lists, anything else unknown to its ``str``."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    return str(obj)
+
+
+def to_json(obj, **kwargs) -> str:
+    """Strict JSON text of ``obj`` (:func:`plain` first; ``allow_nan=False``, so a bare NaN can never appear)."""
+    import json
+
+    return json.dumps(plain(obj), allow_nan=False, **kwargs)
+
+
+def write_json(path: str, obj, indent: int = 2) -> None:
+    """``path`` atomically holding the strict JSON of ``obj`` (and a final newline)."""
+    write_text(path, to_json(obj, indent=indent) + "\n")

@@ -175,8 +175,10 @@ def _write_export(e2e, out_dir, config, results, overwrite, model_card, protect)
             "max_abs_diff_vs_keras": worst,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
+        from common.files import to_json
+
         with open(os.path.join(tmp, "export.json"), "w") as fh:
-            json.dump(meta, fh, indent=2)
+            fh.write(to_json(meta, indent=2) + "\n")
         if model_card is not None:
             with open(os.path.join(tmp, "MODEL_CARD.md"), "w") as fh:
                 fh.write(model_card(meta, clean_cfg, results))

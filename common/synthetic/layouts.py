@@ -316,7 +316,9 @@ def write_world(layout: str, out, seed: int, n_train: int, n_val: int, n_test: i
         write_contact_sheet(out, layout, plan, os.path.join(out, "contact_sheet.png"))
         summary["contact_sheet"] = "contact_sheet.png"
     stored = {k: v for k, v in summary.items() if k != "root"}  # no absolute path: folders stay identical
-    text = json.dumps({"arguments": args, "summary": stored}, indent=2, sort_keys=True)
+    from common.files import to_json
+
+    text = to_json({"arguments": args, "summary": stored}, indent=2, sort_keys=True)
     atomic_write(manifest, text.encode())
     os.remove(os.path.join(out, ".synth-args.json"))
     return summary

@@ -56,26 +56,9 @@ def atomic_write_text(path: str, text: str) -> None:
 
 def atomic_write_json(path: str, obj) -> None:
     """Strict JSON (a non-finite float, e.g. R@1% of fewer than 100 pairs, is written as null), atomically."""
-    text = json.dumps(_finite(obj), indent=2, sort_keys=False, default=_json_default, allow_nan=False)
-    atomic_write_text(path, text + "\n")
+    from common.files import to_json
 
-
-def _finite(o):
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    atomic_write_text(path, to_json(obj, indent=2) + "\n")
 
 
 def _variables_bytes(model) -> tuple:

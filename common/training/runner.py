@@ -7,7 +7,7 @@ Run directory::
     RUN/checkpoints/best.keras the epoch with the best validation R@1 (the papers' selection rule)
     RUN/checkpoints/last.keras the last finished epoch
     RUN/backup/                resume state (weights + optimizer + epoch + best so far), see ResumeState
-    RUN/logs/train.csv         one row per finished epoch (1-based; loss, lr, val_R@1 ...), rewritten from the
+    RUN/logs/train.csv         one row per finished epoch (1-based; loss, learning_rate, val_R@1 ...), rewritten from the
                                committed history at every backup, so a resume never repeats or loses a row
     RUN/logs/tensorboard/      TensorBoard event files
     RUN/results.json           val metrics of the best checkpoint, epochs, time, config hash

@@ -74,4 +74,4 @@ class EpochLearningRate(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["lr"] = float(keras.ops.convert_to_numpy(_inner_optimizer(self.model.optimizer).learning_rate))
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(_inner_optimizer(self.model.optimizer).learning_rate))
