@@ -4,8 +4,8 @@ through the demo's own export (its true match must be among the top 5 of city A'
 
 The full-size demo (`make demo`, both models, 23m36s on a 2-core machine) is measured by hand; its figures are in
 docs/training.md. This test runs the same code path with
-`--train 192 --val-a 16 --val-b 50 --epochs 6 --models mgtl` (96 s;
-the held-out query's true match ranks 1st of 16: deterministic, so on every run).
+`--train 128 --val-a 16 --val-b 50 --epochs 4 --models mgtl` (81 s alone; the held-out query's true match
+ranks 1st of 16: deterministic, so on every run).
 """
 
 import json
@@ -19,8 +19,8 @@ def test_demo_end_to_end_reduced(tmp_path):
     from experiments import demo
 
     out = tmp_path / "demo"
-    args = ["--out", str(out), "--models", "mgtl", "--train", "192", "--val-a", "16", "--val-b", "50",
-            "--epochs", "6", "--workers", "1"]
+    args = ["--out", str(out), "--models", "mgtl", "--train", "128", "--val-a", "16", "--val-b", "50",
+            "--epochs", "4", "--workers", "1"]
     assert demo.main(args) == 0
 
     results = json.loads((out / "demo_results.json").read_text())

@@ -122,6 +122,7 @@ def test_counterfactual_noise_fresh_every_step_inside_one_graph(tiny):
     np.testing.assert_array_equal(np.asarray(n1), np.asarray(n2))
 
 
+@pytest.mark.slow  # over 10 s: out of the fast lane
 def test_fit_step_with_the_real_class():
     model = GeoDTR(input_spec=TINY, seed=0, **TINY_CFG)
     # eager: tracing the two ResNet-34 gradient graphs costs minutes of CPU; the step is the same code
@@ -167,6 +168,7 @@ def test_build_model_config_keys_and_backbone_weights(tmp_path, monkeypatch):
     np.testing.assert_array_equal(m.backbone_aerial.blocks[-1].conv2.kernel.numpy(), want)
 
 
+@pytest.mark.slow  # over 10 s: out of the fast lane
 def test_descriptor_picture(tiny, tmp_path):
     import cv2
 
