@@ -83,7 +83,7 @@ def _imdecode_noting_warnings(data):
     return img, caught.text
 
 
-def _tensorflow_refuses(path: str) -> str | None:
+def tensorflow_refuses(path: str) -> str | None:
     """Why TensorFlow's decoder (the one the training pipeline uses) refuses ``path``, or None."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
@@ -116,7 +116,7 @@ def decode_checked(path: str):
     if img is None or img.size == 0:
         return None, f"undecodable image {path}{f' ({warned})' if warned else ''}", None
     if warned:
-        refused = _tensorflow_refuses(path)
+        refused = tensorflow_refuses(path)
         if refused:
             return None, f"damaged image data in {path} ({warned}; TensorFlow's decoder refuses it: {refused})", None
         return img, None, f"damaged image data in {path} ({warned}); the decoder filled in the damaged part"

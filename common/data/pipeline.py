@@ -175,15 +175,16 @@ def is_image_error(exc) -> bool:
 def undecodable(paths, limit: int = 5) -> list:
     """``[(path, reason)]`` for the first ``limit`` of ``paths`` that TensorFlow cannot read and decode with
     the pipeline's own decoder (eager, one file at a time, with a progress line on stderr)."""
+    from common.data.images import tensorflow_refuses
+
     unique = list(dict.fromkeys(str(p) for p in paths))
     bad = []
     print(f"pipeline: an image could not be decoded; checking {len(unique)} image files to name it",
           file=sys.stderr)
     for path in unique:
-        try:
-            _Loader.decode(tf.constant(path))
-        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError, tf.errors.NotFoundError) as exc:
-            bad.append((path, str(exc).strip().splitlines()[-1].split("}}")[-1].strip()[:120]))
+        why = "no such file" if not os.path.isfile(path) else tensorflow_refuses(path)
+        if why:
+            bad.append((path, why))
             if len(bad) >= limit:
                 break
     return bad
