@@ -21,6 +21,7 @@ Use it without this project::
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 from common.errors import CVGLError, run_cli
@@ -50,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: none; the polar transform is computed on the square image as it is, which "
                         "is exactly what the offline preparation did to the training tiles; give S when your "
                         "aerial images have another resolution than the training data, e.g. 750 for CVUSA)")
+    parser.add_argument("--aerial-extent-m", type=float, default=None,
+                        help="ground side in metres of one training aerial image, recorded for map indexes (index "
+                             "build --orthophoto cuts tiles of this size) (default: unknown; the synthetic world's "
+                             "is 150)")
+    parser.add_argument("--aerial-px", type=int, default=None,
+                        help="pixels per side of one training aerial image, recorded with --aerial-extent-m "
+                             "(default: unknown)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out that is itself an earlier export (never any other "
                         "directory, never the run being exported)")
     return parser
@@ -87,11 +95,18 @@ def main(argv=None):
         if not args.overwrite:
             raise CVGLError(f"export directory already exists: {args.out} (pass --overwrite or choose another --out)")
         check_replaceable(args.out, protect)  # before the model is loaded: fail at once
+    if args.aerial_extent_m is not None and not (math.isfinite(args.aerial_extent_m) and args.aerial_extent_m > 0):
+        raise CVGLError(f"--aerial-extent-m must be a positive number of metres, got {args.aerial_extent_m}")
+    if args.aerial_px is not None and not 16 <= args.aerial_px <= 8192:
+        raise CVGLError(f"--aerial-px must be in 16..8192 pixels, got {args.aerial_px}")
+    if args.aerial_px is not None and args.aerial_extent_m is None:
+        raise CVGLError("--aerial-px needs --aerial-extent-m (the ground those pixels cover)")
     model = load_trained_model(ckpt, cfg)
     e2e = end_to_end(model, aerial_source_size=args.aerial_size)
     print(f"exporting {cfg.get('name')} from {ckpt} ...")
     meta = write_export(e2e, args.out, cfg, results=results, overwrite=args.overwrite, model_card=model_card,
-                        protect=protect)
+                        protect=protect, ground={"aerial_extent_m": args.aerial_extent_m,
+                                                 "aerial_px": args.aerial_px})
     print(f"wrote {os.path.abspath(args.out)}")
     print(f"  saved_model/  endpoints embed_ground, embed_aerial (uint8 any size -> {meta['descriptor_dim']}-d)")
     print(f"  model.keras, config.yaml, export.json, MODEL_CARD.md")

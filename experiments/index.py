@@ -1,16 +1,29 @@
 """An aerial index for localisation: embeddings of a gallery of aerial images, built with an export.
 
     python -m experiments.index build --export EXPORT_DIR --dataset cvusa --root DATA --split val --out INDEX.npz
+    python -m experiments.index build --export EXPORT_DIR --tiles DIR --tiles-csv tiles.csv --out MAP.npz
+    python -m experiments.index build --export EXPORT_DIR --orthophoto city.tif --stride-m 25 --out MAP.npz
     python -m experiments.index info --index INDEX.npz
 
-``build`` reads the split's aerial images (the raw ones: the export does the polar transform itself),
-embeds them with the export's ``embed_aerial`` endpoint and writes one ``.npz``:
+``build`` reads aerial images from one of three sources and embeds them with the export's ``embed_aerial``
+endpoint (the raw images: the export does the polar transform itself):
+
+* a dataset split (``--dataset --root --split``);
+* a folder of geo-referenced tiles and a CSV ``path,lat,lon[,m_per_px][,id]`` (``--tiles --tiles-csv``);
+* a geo-referenced orthophoto (``--orthophoto``, GeoTIFF or any raster GDAL reads) cut into north-up tiles of
+  ``--tile-m`` metres every ``--stride-m`` metres, resampled to ``--tile-px`` pixels; a raster in degrees, rotated
+  or south-up is warped to its UTM zone on the fly (:mod:`common.geo.tiles`).
+
+``--tile-m`` and ``--tile-px`` default to the ground and pixels of the model's training tiles when the export
+records them (``experiments.export --aerial-extent-m --aerial-px``; the synthetic world's exports do). It writes
+one ``.npz``:
 
     embeddings (N, d) float32   unit-norm aerial descriptors
-    ids (N,)                    pair ids of the split
-    positions (N, 2) float64    easting, northing in metres (NaN when the dataset has none)
-    aerial_paths (N,)           the images, for pictures
-    meta                        JSON: fingerprint of the export's weights, export path, dataset, split, root
+    ids (N,)                    pair ids of the split, or tile ids (orthophoto: r<row>c<col>)
+    positions (N, 2) float64    easting, northing in metres (a map: in the index CRS, meta "crs")
+    latlon (N, 2) float64       latitude, longitude in degrees (NaN when unknown, e.g. a dataset split)
+    aerial_paths (N,)           the images (or orthophoto tile references), for pictures
+    meta                        JSON: fingerprint of the export's weights, export path, and the source
 
 The file is written under a temporary name and renamed when complete. A long build saves its progress
 every ``--checkpoint-every`` images to ``INDEX.partial.npz`` and resumes from it when run again with the same
@@ -24,7 +37,9 @@ the gallery is large, or with ``--backend faiss``).
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import sys
 
 import numpy as np
 
@@ -32,42 +47,78 @@ from common.errors import CVGLError, run_cli
 from common.serving.index import build_index, load_index
 
 
-# ---------------------------------------------------------------------------------------------- images
-
-
-# ------------------------------------------------------------------------------------------------ build
-
-
-# ------------------------------------------------------------------------------------------------- load
-
-
 # -------------------------------------------------------------------------------------------------- CLI
-def _build(args):
+def _source(args, export):
+    """(records, description) of the build's source; exactly one of the three must be given."""
+    given = [name for name, on in (("--dataset/--root", args.dataset or args.root), ("--tiles/--tiles-csv",
+             args.tiles or args.tiles_csv), ("--orthophoto", args.orthophoto)) if on]
+    if len(given) != 1:
+        raise CVGLError("give one source of aerial images: --dataset and --root (a dataset split), --tiles and "
+                        "--tiles-csv (geo-referenced tiles), or --orthophoto FILE.tif"
+                        + (f"; got {' and '.join(given)}" if given else ""))
+    extent, px = export.meta.get("aerial_extent_m"), export.meta.get("aerial_px")
+    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    if args.orthophoto:
+        from common.geo.tiles import orthophoto_tiles
+
+        tile_m = args.tile_m or extent
+        if not tile_m:
+            raise CVGLError("--tile-m is needed: the export does not record the ground its training tiles covered "
+                            "(give the metres one aerial image of the training data spans)")
+        if extent and abs(tile_m - extent) > 0.05 * extent:
+            say(f"--tile-m {tile_m:g} differs from the {extent:g} m the model was trained on; expect weaker matches")
+        stride = args.stride_m or tile_m / 4
+        return orthophoto_tiles(args.orthophoto, tile_m, stride, tile_px=args.tile_px or px, say=say)
+    if args.tiles or args.tiles_csv:
+        from common.geo.tiles import read_tiles_csv
+
+        if not (args.tiles and args.tiles_csv):
+            raise CVGLError("--tiles DIR and --tiles-csv CSV go together (the CSV's paths are relative to DIR)")
+        return read_tiles_csv(args.tiles, args.tiles_csv, extent_m=args.tile_m or extent,
+                              tile_px=args.tile_px or px, allow_missing=args.allow_missing, say=say)
     from common.data.readers import read_split
+
+    if not (args.dataset and args.root):
+        raise CVGLError("--dataset and --root go together (a dataset split to index)")
+    records = read_split(args.dataset, args.root, args.split, allow_missing=args.allow_missing)
+    return records, {"source": "dataset", "dataset": args.dataset, "split": args.split,
+                     "root": os.path.abspath(args.root)}
+
+
+def _build(args):
     from common.serving.export import load_export
+    from common.serving.localize import index_source
 
     for flag, value, low in (("--batch-size", args.batch_size, 1), ("--checkpoint-every", args.checkpoint_every, 1),
                              ("--limit", args.limit, 0)):
         if value < low:
             raise CVGLError(f"{flag} must be >= {low}, got {value}" + (" (0 = all pairs)" if flag == "--limit" else ""))
+    for flag, value in (("--tile-m", args.tile_m), ("--stride-m", args.stride_m)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise CVGLError(f"{flag} must be a positive number of metres, got {value}")
+    if args.tile_px is not None and not 16 <= args.tile_px <= 2048:
+        raise CVGLError(f"--tile-px must be in 16..2048 pixels, got {args.tile_px}")
     export = load_export(args.export)
-    records = read_split(args.dataset, args.root, args.split, allow_missing=args.allow_missing)
+    records, description = _source(args, export)
     if args.limit:
         records = records[: args.limit]
     meta = build_index(export, records, args.out, batch_size=args.batch_size,
-                       checkpoint_every=args.checkpoint_every,
-                       description={"dataset": args.dataset, "split": args.split, "root": os.path.abspath(args.root)})
-    print(f"wrote {os.path.abspath(args.out)}: {meta['count']} aerial images of {args.dataset}/{args.split}, "
+                       checkpoint_every=args.checkpoint_every, description=description)
+    print(f"wrote {os.path.abspath(args.out)}: {meta['count']} aerial images of {index_source(meta)}, "
           f"{meta['descriptor_dim']}-d, model {meta.get('model')} (fingerprint {meta['fingerprint'][:12]})")
     return 0
 
 
 def _info(args):
     idx = load_index(args.index)
-    for key in ("model", "fingerprint", "dataset", "split", "root", "count", "descriptor_dim", "export", "created"):
-        print(f"{key:<15}{idx.meta.get(key)}")
+    keys = ("model", "fingerprint", "source", "dataset", "split", "root", "orthophoto", "tiles_csv", "crs", "tile_m",
+            "stride_m", "tile_px", "count", "descriptor_dim", "export", "created")
+    for key in keys:
+        if key in idx.meta or key in ("model", "fingerprint", "count"):
+            print(f"{key:<15}{idx.meta.get(key)}")
     known = np.isfinite(idx.positions).all(axis=1).sum()
     print(f"{'positions':<15}{known} of {len(idx)} known")
+    print(f"{'lat/lon':<15}{int(np.isfinite(idx.latlon).all(axis=1).sum())} of {len(idx)} known")
     return 0
 
 
@@ -75,18 +126,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m experiments.index",
                                      description="Build or inspect an aerial index for experiments.localize.")
     sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="embed a split's aerial images with an export")
+    b = sub.add_parser("build", help="embed aerial images (a dataset split, geo-referenced tiles or an orthophoto) "
+                                     "with an export", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("--export", required=True, help="export directory written by experiments.export")
-    b.add_argument("--dataset", required=True, choices=("cvusa", "cvact"), help="dataset layout of --root")
-    b.add_argument("--root", required=True, help="dataset folder (CVUSA or CVACT layout)")
+    b.add_argument("--dataset", default=None, choices=("cvusa", "cvact"),
+                   help="dataset layout of --root (source 1; default: none)")
+    b.add_argument("--root", default=None, help="dataset folder, CVUSA or CVACT layout (source 1; default: none)")
+    b.add_argument("--tiles", default=None, help="folder of aerial tiles (source 2, with --tiles-csv; default: none)")
+    b.add_argument("--tiles-csv", default=None,
+                   help="CSV with a header path,lat,lon[,m_per_px][,id]; paths relative to --tiles (default: none)")
+    b.add_argument("--orthophoto", default=None,
+                   help="geo-referenced raster (GeoTIFF), cut into north-up tiles (source 3; default: none)")
+    b.add_argument("--tile-m", type=float, default=None,
+                   help="ground side of one tile in metres (default: the model's training tiles, from the export)")
+    b.add_argument("--stride-m", type=float, default=None,
+                   help="orthophoto: metres between tile centres (default: a quarter of --tile-m)")
+    b.add_argument("--tile-px", type=int, default=None,
+                   help="pixels per tile side after resampling (default: the model's training tiles, else the "
+                        "orthophoto's own resolution)")
     b.add_argument("--split", default="val", choices=("train", "val", "test"), help="which split's aerials (default %(default)s)")
     b.add_argument("--out", required=True, help="index file to write (.npz)")
     b.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default %(default)s)")
     b.add_argument("--checkpoint-every", type=int, default=2048,
                    help="save progress every this many images, resumed when the build is run again "
                         "(default %(default)s)")
-    b.add_argument("--limit", type=int, default=0, help="index only the first N pairs (default 0 = all)")
-    b.add_argument("--allow-missing", action="store_true", help="drop pairs whose image files are missing")
+    b.add_argument("--limit", type=int, default=0, help="index only the first N pairs or tiles (default 0 = all)")
+    b.add_argument("--allow-missing", action="store_true",
+                   help="drop pairs or tiles whose image files are missing (default: refuse)")
     i = sub.add_parser("info", help="print what an index holds")
     i.add_argument("--index", required=True, help="index file (.npz)")
     return parser

@@ -10,6 +10,12 @@ Full-size defaults are the real sizes (CVUSA aerial 750, panorama 224x1232; CVAC
 contact sheet (aerial | polar | panorama for a few pairs) is written to ``OUT/contact_sheet.png``.
 An interrupted run resumes when started again with the same arguments.
 
+Orthophoto (one city as a geo-referenced GeoTIFF plus panoramas at known lat/lon, for map localisation:
+``index build --orthophoto``, then ``localize --true-latlon``; :mod:`common.synthetic.orthophoto`)::
+
+    python -m experiments.synth --orthophoto --out data/map_a --seed 1 --extent-m 600 --queries 50 \\
+        --aerial-size 128 --pano-size 32x176
+
 Baseline (raw-pixel retrieval of resized panoramas against resized polar aerials on the val split; the
 number a trained model must beat on an unseen city)::
 
@@ -84,6 +90,30 @@ def check_flags(args) -> None:
     size("--baseline-size", args.baseline_size, 1)
 
 
+def _orthophoto(args) -> int:
+    from common.synthetic.orthophoto import write_orthophoto
+
+    if not args.out:
+        raise CVGLError("--orthophoto needs --out DIR")
+    if args.layout or args.train or args.val or args.test:
+        raise CVGLError("--orthophoto writes a map, not a dataset: drop --layout/--train/--val/--test")
+    if not math.isfinite(args.extent_m):
+        raise CVGLError(f"--extent-m must be a number of metres, got {args.extent_m}")
+    t0 = time.time()
+    m = write_orthophoto(args.out, args.seed, extent_m=args.extent_m, aerial_size=args.aerial_size or 750,
+                         n_queries=args.queries, pano_size=args.pano_size or (224, 1232), vfov_deg=args.vfov)
+    m["seconds"] = round(time.time() - t0, 2)
+    if args.json:
+        print(to_json(m, indent=2))
+    else:
+        lat, lon = m["centre_latlon"]
+        print(f"wrote {os.path.join(os.path.abspath(args.out), m['orthophoto'])}: {m['size_px']}x{m['size_px']} px, "
+              f"{m['metres_per_pixel']:.3f} m/px, {m['crs']}, centred at lat {lat:.6f}, lon {lon:.6f}")
+        print(f"  {m['queries']} query panoramas with their true lat/lon in "
+              f"{os.path.join(os.path.abspath(args.out), m['queries_csv'])} ({m['seconds']} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m experiments.synth",
@@ -119,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of locations placed 1-4.5 m from another one (the CVACT_test 5 m rule; "
                         "default 0.1)")
     p.add_argument("--no-sheet", action="store_true", help="do not write contact_sheet.png")
+    p.add_argument("--orthophoto", action="store_true",
+                   help="instead of a dataset layout: write the city as orthophoto.tif (GeoTIFF, UTM) with --queries "
+                        "panoramas at known lat/lon (queries.csv); --aerial-size sets its resolution (150 m per "
+                        "that many pixels, as the aerial tiles)")
+    p.add_argument("--extent-m", type=float, default=600.0,
+                   help="--orthophoto: side of the square orthophoto in metres (default %(default)s)")
+    p.add_argument("--queries", type=int, default=50,
+                   help="--orthophoto: number of query panoramas (default %(default)s)")
     p.add_argument("--baseline", metavar="DIR", default=None,
                    help="instead of writing: print R@1/R@5/R@10/R@1%% of raw-pixel retrieval on DIR's split")
     p.add_argument("--split", default="val", help="split for --baseline (default val)")
@@ -141,6 +179,8 @@ def main(argv=None) -> int:
         result = raw_pixel_baseline(root, layout, args.split, args.baseline_size)
         print(to_json(result, indent=2) if args.json else format_baseline(result))
         return 0
+    if args.orthophoto:
+        return _orthophoto(args)
     if not args.out or not args.layout:
         raise CVGLError("writing a world needs --layout {cvusa,cvact} and --out DIR (or use --baseline DIR)")
     from common.synthetic import write_world

@@ -161,6 +161,66 @@ def test_bad_inputs_fail_clearly(world, tmp_path):
                         "--out", str(tmp_path / "i.npz")])
 
 
+@pytest.mark.slow  # the module's world: a stand-in trained 30 epochs, exported, indexed (~30 s)
+def test_orthophoto_index_and_localize_answer_in_latlon(world, tmp_path, capsys):
+    """The map path through the commands: the tiny world's city as a GeoTIFF with new panoramas at known
+    lat/lon, cut into 150 m tiles every 25 m, indexed, one panorama localised with its true lat/lon."""
+    from common.geo import haversine_m
+    from common.synthetic.orthophoto import read_queries
+    from experiments import synth as synth_cli
+
+    mapdir = tmp_path / "map"
+    assert synth_cli.main(["--orthophoto", "--out", str(mapdir), "--seed", "0", "--extent-m", "300", "--queries",
+                           "3", "--aerial-size", str(AERIAL), "--pano-size", "32x176"]) == 0
+    index = str(tmp_path / "map.npz")
+    assert index_cli.main(["build", "--export", world["export"], "--orthophoto", str(mapdir / "orthophoto.tif"),
+                           "--tile-m", "150", "--stride-m", "25", "--tile-px", str(AERIAL), "--out", index]) == 0
+    idx = index_lib.load_index(index)
+    assert len(idx) == 49 and idx.meta["source"] == "orthophoto" and idx.meta["grid"] == [7, 7]  # 300 m: 7 x 7
+    assert np.isfinite(idx.latlon).all() and idx.ids[0] == "r0000c0000"
+    capsys.readouterr()
+    q = read_queries(str(mapdir))[0]
+    out = tmp_path / "loc"
+    assert localize_cli.main(["--export", world["export"], "--index", index, "--query", q["path"],
+                              "--true-latlon", f"{q['lat']},{q['lon']}", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "lat" in printed.splitlines()[1] and "m from the true position" in printed and "orthophoto" in printed
+    result = json.loads((out / f"{q['id']}.json").read_text())
+    top = result["hits"][0]
+    assert result["top1_error_m"] == pytest.approx(float(haversine_m(q["lat"], q["lon"], *top["latlon"])))
+    assert all(h["metres_from_true"] is not None for h in result["hits"])
+    assert (out / f"{q['id']}.png").stat().st_size > 1000
+
+
+@pytest.mark.slow  # the module's world: a stand-in trained 30 epochs, exported, indexed (~30 s)
+def test_a_limited_field_of_view_photo_is_placed_in_the_canvas(world, tmp_path, capsys):
+    """A 90-degree photo cut from a held-out panorama: refused without --fov; with --fov and its heading the
+    model sees it in the canvas; with no heading 12 candidates are tried and every hit records its heading."""
+    import cv2
+
+    from common.serving.canvas import crop_from_panorama
+
+    rec = read_split("cvusa", world["root"], "val")[QUERY]
+    pano = read_rgb(rec.ground)
+    photo = crop_from_panorama(pano, 360 * 32 / 176, 90, 30, (48, 64), "pinhole")
+    path = str(tmp_path / f"{rec.id}_photo.png")
+    cv2.imwrite(path, photo[..., ::-1])
+    args = ["--export", world["export"], "--index", world["index"], "--query", path, "--out", str(tmp_path / "o")]
+    with pytest.raises(CVGLError, match="not a panorama.*--fov DEG"):
+        localize_cli.main(args)
+    with pytest.raises(CVGLError, match="--heading needs --fov"):
+        localize_cli.main(["--export", world["export"], "--index", world["index"], "--query", rec.ground,
+                           "--heading", "10"])
+    assert localize_cli.main(args + ["--fov", "90", "--heading", "30"]) == 0
+    known = json.loads((tmp_path / "o" / f"{rec.id}_photo.json").read_text())
+    assert known["view"] == {"fov": 90.0, "projection": "pinhole", "headings_tried": [30.0], "heading": 30.0}
+    assert known["true_id"] == rec.id and known["true_rank"] >= 1
+    assert localize_cli.main(args + ["--fov", "90", "--headings", "12"]) == 0
+    unknown = json.loads((tmp_path / "o" / f"{rec.id}_photo.json").read_text())
+    assert len(unknown["view"]["headings_tried"]) == 12 and all("heading" in h for h in unknown["hits"])
+    assert "heading unknown: 12 headings tried" in capsys.readouterr().out
+
+
 def test_find_true_id():
     ids = ["0000019", "0000190", "abc"]
     assert localize_lib.find_true_id("/x/0000190.jpg", ids) == "0000190"

@@ -109,20 +109,22 @@ def check_replaceable(out_dir: str, protect=()) -> None:
 
 
 def write_export(e2e, out_dir: str, config: dict, results: dict | None = None, overwrite: bool = False,
-                 model_card=None, protect=()) -> dict:
+                 model_card=None, protect=(), ground: dict | None = None) -> dict:
     """Write ``e2e`` (an EndToEndModel) as an export directory; returns the export.json dict.
 
     ``overwrite`` replaces an existing export only (:func:`check_replaceable`; ``protect``: paths it must never
     replace, e.g. the source run). ``model_card``: callable(meta, config, results) -> markdown text (the CLI passes its own); the export is
     verified (SavedModel vs Keras on probe images, to :data:`TOLERANCE`) before it is renamed into place.
+    ``ground``: what one training aerial image covers, ``aerial_extent_m`` (metres) and ``aerial_px`` (pixels), when
+    known; recorded in export.json for map indexes (None values: unknown).
     """
     from common.errors import writing
 
     with writing(os.path.abspath(out_dir)):  # a full disk inside TensorFlow's writer names the export
-        return _write_export(e2e, out_dir, config, results, overwrite, model_card, protect)
+        return _write_export(e2e, out_dir, config, results, overwrite, model_card, protect, ground or {})
 
 
-def _write_export(e2e, out_dir, config, results, overwrite, model_card, protect) -> dict:
+def _write_export(e2e, out_dir, config, results, overwrite, model_card, protect, ground) -> dict:
     import tensorflow as tf
     import yaml
 
@@ -173,6 +175,8 @@ def _write_export(e2e, out_dir, config, results, overwrite, model_card, protect)
             "parameters": int(e2e.count_params()),
             "endpoints": list(ENDPOINTS),
             "max_abs_diff_vs_keras": worst,
+            "aerial_extent_m": ground.get("aerial_extent_m"),
+            "aerial_px": ground.get("aerial_px"),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
         from common.files import to_json
@@ -325,6 +329,10 @@ def model_card(meta: dict, cfg: dict, results) -> str:
     else:
         lines.append(f"- aerial: centre square, area resize to {spec['aerial_size'][0]}x{spec['aerial_size'][1]}")
     lines.append(f"- normalisation: {spec['normalisation']} ({'x/127.5-1' if spec['normalisation'] == 'tanh' else 'RGB->BGR minus VGG means'})")
+    if meta.get("aerial_extent_m"):
+        px = f" at {meta['aerial_px']} px ({meta['aerial_extent_m'] / meta['aerial_px']:.3f} m/px)" if meta.get("aerial_px") else ""
+        lines.append(f"- training aerial tiles cover {meta['aerial_extent_m']:g} m{px}: map indexes "
+                     "(index build --orthophoto) cut tiles of this size by default")
     lines += ["", "## Evaluation"]
     report = compare(results) if results is not None else []
     if not report:

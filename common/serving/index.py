@@ -18,7 +18,8 @@ from common.data.images import read_rgb  # noqa: F401  (the one image reader, re
 from common.errors import CVGLError
 
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2 added latlon; format 1 files are read (latlon unknown)
+READ_FORMATS = (1, 2)
 
 
 FAISS_MIN_GALLERY = 100_000  # "auto" uses FAISS (when installed) from this gallery size on
@@ -31,21 +32,30 @@ def _atomic_savez(path: str, **arrays) -> None:
         np.savez(tmp, **arrays)
 
 
-def _partial_key(fingerprint: str, ids) -> str:
+def _partial_key(fingerprint: str, ids, paths) -> str:
+    """What a partial build embedded: the weights, and every id with its image (an orthophoto's tile ids repeat
+    across tile sizes and strides; the references do not)."""
     import hashlib
 
     h = hashlib.sha256(fingerprint.encode())
-    for i in ids:
-        h.update(str(i).encode() + b"\0")
+    for i, p in zip(ids, paths):
+        h.update(str(i).encode() + b"\0" + str(p).encode() + b"\0")
     return h.hexdigest()
 
 
 def build_index(export, records, out: str, batch_size: int = 16, checkpoint_every: int = 2048,
-                description: dict | None = None, progress: bool = True) -> dict:
-    """Embed the aerial images of ``records`` with ``export`` (a :class:`common.serving.export.Export`) into ``out``."""
+                description: dict | None = None, progress: bool = True, reader=None) -> dict:
+    """Embed the aerial images of ``records`` with ``export`` (a :class:`common.serving.export.Export`) into ``out``.
+
+    ``records``: dataset :class:`~common.data.records.PairRecord` s or map :class:`~common.geo.tiles.TileRecord` s
+    (which carry ``latlon``); ``reader``: path -> uint8 RGB (default :func:`common.geo.tiles.read_tile`, which
+    reads plain image files too)."""
     from tqdm import tqdm
 
     from common.evaluation.embedding import embed_view_raw
+    from common.geo.tiles import read_tile
+
+    reader = reader or read_tile
 
     if not records:
         raise CVGLError("the split has no pairs to index; check --root/--split")
@@ -55,8 +65,9 @@ def build_index(export, records, out: str, batch_size: int = 16, checkpoint_ever
     paths = [r.aerial for r in records]  # the raw aerial tiles: the export does the polar transform
     positions = np.asarray([r.position if r.position is not None else (np.nan, np.nan) for r in records],
                            dtype=np.float64)
+    latlon = np.asarray([getattr(r, "latlon", None) or (np.nan, np.nan) for r in records], dtype=np.float64)
     n, dim = len(records), int(export.meta["descriptor_dim"])
-    key = _partial_key(export.fingerprint, ids)
+    key = _partial_key(export.fingerprint, ids, paths)
     partial = f"{os.path.splitext(out)[0]}.partial.npz"
     emb = np.zeros((n, dim), dtype=np.float32)
     done = 0
@@ -73,7 +84,8 @@ def build_index(export, records, out: str, batch_size: int = 16, checkpoint_ever
     bar = tqdm(total=n, initial=done, desc="embedding aerial images", unit="img", disable=not progress)
     for a in range(done, n, checkpoint_every):  # one chunk per checkpoint
         b = min(a + checkpoint_every, n)
-        emb[a:b] = embed_view_raw(export, records[a:b], "aerial", batch_size=batch_size, progress=False)
+        emb[a:b] = embed_view_raw(export, records[a:b], "aerial", batch_size=batch_size, progress=False,
+                                   reader=reader)
         bar.update(b - a)
         if b < n:
             _atomic_savez(partial, key=np.asarray(key), done=np.asarray(b), embeddings=emb[:b])
@@ -88,23 +100,25 @@ def build_index(export, records, out: str, batch_size: int = 16, checkpoint_ever
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     meta.update(description or {})
-    _atomic_savez(out, embeddings=emb, ids=np.asarray(ids), positions=positions, aerial_paths=np.asarray(paths),
-                  meta=np.asarray(json.dumps(meta)))
+    _atomic_savez(out, embeddings=emb, ids=np.asarray(ids), positions=positions, latlon=latlon,
+                  aerial_paths=np.asarray(paths), meta=np.asarray(json.dumps(meta)))
     if os.path.exists(partial):
         os.remove(partial)
     return meta
 
 
 class Index:
-    """A loaded index: ``embeddings``, ``ids``, ``positions``, ``aerial_paths``, ``meta``."""
+    """A loaded index: ``embeddings``, ``ids``, ``positions`` (metres, the index CRS), ``latlon`` (degrees,
+    NaN when unknown), ``aerial_paths`` (files or tile references), ``meta``."""
 
-    def __init__(self, path, embeddings, ids, positions, aerial_paths, meta):
+    def __init__(self, path, embeddings, ids, positions, aerial_paths, meta, latlon=None):
         self.path = path
         self.embeddings = embeddings
         self.ids = ids
         self.positions = positions
         self.aerial_paths = aerial_paths
         self.meta = meta
+        self.latlon = latlon if latlon is not None else np.full((len(ids), 2), np.nan)
         self.fingerprint = meta["fingerprint"]
 
     def __len__(self):
@@ -119,15 +133,17 @@ def load_index(path: str) -> Index:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             idx = Index(os.path.abspath(path), z["embeddings"].astype(np.float32), [str(i) for i in z["ids"]],
-                        z["positions"].astype(np.float64), [str(p) for p in z["aerial_paths"]], meta)
+                        z["positions"].astype(np.float64), [str(p) for p in z["aerial_paths"]], meta,
+                        z["latlon"].astype(np.float64) if "latlon" in z.files else None)
     except Exception as exc:  # noqa: BLE001 - a truncated .npz raises BadZipFile, EOFError, zlib errors...
         raise CVGLError(f"index {path} is unreadable or not an index file ({type(exc).__name__}: {exc}); "
                         f"{fix}") from None
-    if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT or "fingerprint" not in meta:
+    if not isinstance(meta, dict) or meta.get("format") not in READ_FORMATS or "fingerprint" not in meta:
         got = meta.get("format") if isinstance(meta, dict) else None
         raise CVGLError(f"index {path} has format {got!r}, this code reads {INDEX_FORMAT}; {fix}")
     n = len(idx.ids)
     if idx.embeddings.ndim != 2 or idx.embeddings.shape[0] != n or idx.positions.shape != (n, 2) \
+            or idx.latlon.shape != (n, 2) \
             or len(idx.aerial_paths) != n or n == 0:
         raise CVGLError(f"index {path} is inconsistent ({n} ids, embeddings {idx.embeddings.shape}, positions "
                         f"{idx.positions.shape}); {fix}")

@@ -58,74 +58,165 @@ def prepare_query(image: np.ndarray, spec: dict, what: str = "query image", say=
     return image
 
 
+def query_views(export, image: np.ndarray, fov=None, heading=None, n_headings: int = 12,
+                projection: str = "pinhole", say=None):
+    """(images, headings): what the model is shown for one query. A panorama (``fov`` None) is itself, after
+    :func:`prepare_query` (refused when its aspect ratio is not a panorama's); a photo of horizontal field of view
+    ``fov`` is placed in a 360-degree canvas (:mod:`common.serving.canvas`) at ``heading``, or at each of
+    ``n_headings`` candidate headings when the heading is unknown."""
+    from common.serving import canvas as cv
+
+    spec = export.meta["input_spec"]
+    h, w = image.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise CVGLError(f"query image is {h}x{w} pixels: too small to localise (each side must be at least "
+                        f"{MIN_SIDE} px)")
+    if fov is None:
+        if heading is not None:
+            raise CVGLError("--heading needs --fov (the photo's horizontal field of view; 360 for a panorama "
+                            "that is not north-aligned)")
+        cv.check_panorama(image)
+        return [prepare_query(image, spec, say=say)], [None]
+    ch, cw, vfov = cv.canvas_geometry(spec, export.meta.get("dataset"))
+    tried = [float(heading) % 360.0] if heading is not None else cv.headings(n_headings)
+    return [cv.place_in_canvas(image, fov, t, (ch, cw), vfov, projection)[0] for t in tried], tried
+
+
+def _latlon_or_none(index, j):
+    ll = index.latlon[j]
+    return [float(ll[0]), float(ll[1])] if np.all(np.isfinite(ll)) else None
+
+
 def localize(export, index, image: np.ndarray, k: int = 5, true_id: str | None = None, backend: str = "auto",
-             say=None):
-    """Top-k of one uint8 (H, W, 3) panorama: a dict with the hits (rank, id, position, distance) and, when
-    ``true_id`` is in the index, its rank (0-based: the number of aerials strictly closer)."""
+             say=None, fov=None, heading=None, n_headings: int = 12, projection: str = "pinhole",
+             true_latlon=None):
+    """Top-k of one uint8 (H, W, 3) query: a dict with the hits (rank, id, position, lat/lon, distance) and,
+    when ``true_id`` is in the index, its rank (1-based: one plus the number of aerials strictly closer).
+
+    ``fov`` / ``heading`` / ``n_headings`` / ``projection``: a limited field-of-view photo (:func:`query_views`);
+    with several candidate headings an aerial's similarity is its best over them, and each hit records the
+    heading that gave it. ``true_latlon``: the query's true (lat, lon); hits then carry metres from it."""
+    from common.geo import haversine_m
     from common.serving.index import check_compatible, search
 
     check_compatible(index, export)
-    image = prepare_query(image, export.meta["input_spec"], say=say)
-    q = export.embed_ground(image[None])
-    idx, dist = search(index, q, k, backend=backend)
+    views, tried = query_views(export, image, fov, heading, n_headings, projection, say)
+    q = np.asarray(export.embed_ground(np.stack(views)), np.float32)  # (T, d)
+    best = {}  # aerial -> (similarity, heading index): the top-k of the best over headings is in the union
+    for t in range(len(tried)):
+        idx, dist = search(index, q[t:t + 1], k, backend=backend)
+        for j, d in zip(idx[0], dist[0]):
+            sim = 1.0 - float(d) / 2.0
+            if int(j) not in best or sim > best[int(j)][0]:
+                best[int(j)] = (sim, t)
+    order = sorted(best, key=lambda j: (-best[j][0], j))[:k]
     hits = []
-    for rank, (j, d) in enumerate(zip(idx[0], dist[0])):
+    for rank, j in enumerate(order):
         pos = index.positions[j]
-        hits.append({
+        hit = {
             "rank": rank + 1,
             "id": index.ids[j],
             "position": None if not np.all(np.isfinite(pos)) else [float(pos[0]), float(pos[1])],
-            "distance": float(d),
+            "latlon": _latlon_or_none(index, j),
+            "distance": 2.0 - 2.0 * best[j][0],
             "aerial": index.aerial_paths[j],
             "true_match": index.ids[j] == true_id,
-        })
-    out = {"hits": hits, "true_id": true_id, "true_rank": None, "top1_error_m": None}
+        }
+        if tried[best[j][1]] is not None:
+            hit["heading"] = tried[best[j][1]]
+        hits.append(hit)
+    out = {"hits": hits, "true_id": true_id, "true_rank": None, "top1_error_m": None,
+           "view": {"fov": fov, "projection": projection if fov is not None else None,
+                    "headings_tried": [t for t in tried if t is not None] or None,
+                    "heading": hits[0].get("heading") if hits else None}}
+    sims = (index.embeddings @ q.T).max(axis=1)
     if true_id is not None:
         where = [i for i, x in enumerate(index.ids) if x == true_id]
         if where:
             t = where[0]
-            sims = index.embeddings @ q[0]
             out["true_rank"] = int(np.sum(sims > sims[t])) + 1  # 1-based, ties favour the true match
             out["true_distance"] = float(2.0 - 2.0 * sims[t])
             out["true_aerial"] = index.aerial_paths[t]
-            p_true, p_top = index.positions[t], index.positions[idx[0][0]]
-            if np.all(np.isfinite(p_true)) and np.all(np.isfinite(p_top)):
+            p_true, p_top = index.positions[t], index.positions[order[0]]
+            if true_latlon is None and np.all(np.isfinite(p_true)) and np.all(np.isfinite(p_top)):
                 out["top1_error_m"] = float(np.hypot(*(p_top - p_true)))
                 for h in hits:
                     if h["position"] is not None:
                         h["metres_from_true"] = float(np.hypot(*(np.asarray(h["position"]) - p_true)))
+    if true_latlon is not None:
+        out["true_latlon"] = [float(true_latlon[0]), float(true_latlon[1])]
+        for h in hits:
+            if h["latlon"] is not None:
+                h["metres_from_true"] = float(haversine_m(true_latlon[0], true_latlon[1], *h["latlon"]))
+        if hits and hits[0].get("metres_from_true") is not None:
+            out["top1_error_m"] = hits[0]["metres_from_true"]
+        else:
+            say and say("the index has no lat/lon for its tiles: the distance to --true-latlon is unknown")
     return out
 
 
+def index_source(meta: dict) -> str:
+    """What an index was built from, in a few words."""
+    if meta.get("source") == "orthophoto":
+        return f"orthophoto {os.path.basename(meta['orthophoto'])}, {meta['tile_m']:g} m tiles every {meta['stride_m']:g} m"
+    if meta.get("source") == "tiles":
+        return f"tiles of {os.path.basename(meta['tiles_csv'])}"
+    return f"{meta.get('dataset')}/{meta.get('split')}"
+
+
 def format_hits(result: dict) -> str:
-    lines = [f"{'rank':>4}  {'id':<24}{'easting':>12}{'northing':>13}{'distance':>10}"]
+    geo = any(h.get("latlon") for h in result["hits"])
+    head = f"{'lat':>12}{'lon':>13}" if geo else f"{'easting':>12}{'northing':>13}"
+    off = any(h.get("metres_from_true") is not None for h in result["hits"])
+    turn = any(h.get("heading") is not None for h in result["hits"])
+    lines = [f"{'rank':>4}  {'id':<24}{head}{'distance':>10}" + (f"{'m off':>9}" if off else "")
+             + (f"{'heading':>9}" if turn else "")]
     for h in result["hits"]:
-        e, n = (f"{h['position'][0]:.1f}", f"{h['position'][1]:.1f}") if h["position"] else ("-", "-")
-        mark = "  <- true match" if h["true_match"] else ""
-        lines.append(f"{h['rank']:>4}  {h['id']:<24}{e:>12}{n:>13}{h['distance']:>10.4f}{mark}")
+        where = h.get("latlon") if geo else h["position"]
+        fmt = "{:.6f}" if geo else "{:.1f}"
+        a, b = (fmt.format(where[0]), fmt.format(where[1])) if where else ("-", "-")
+        line = f"{h['rank']:>4}  {h['id']:<24}{a:>12}{b:>13}{h['distance']:>10.4f}"
+        if off:
+            m = h.get("metres_from_true")
+            line += f"{m:>9.1f}" if m is not None else f"{'-':>9}"
+        if turn:
+            line += f"{h['heading']:>9.0f}"
+        if h["true_match"]:
+            line += "  <- true match"
+        lines.append(line)
     if result["true_id"] is not None:
         if result["true_rank"] is None:
             lines.append(f"true match {result['true_id']!r}: not in the index")
         else:
             lines.append(f"true match {result['true_id']!r}: rank {result['true_rank']} of the index "
                          f"(distance {result['true_distance']:.4f})")
-        if result["top1_error_m"] is not None:
-            lines.append(f"top-1 is {result['top1_error_m']:.1f} m from the true position")
+    if result.get("true_latlon") and result["hits"] and result["hits"][0].get("latlon"):
+        lat, lon = result["hits"][0]["latlon"]
+        lines.append(f"top-1 at lat {lat:.6f}, lon {lon:.6f}")
+    if result["top1_error_m"] is not None:
+        lines.append(f"top-1 is {result['top1_error_m']:.1f} m from the true position")
+    view = result.get("view") or {}
+    if view.get("fov") is not None:
+        tried = view.get("headings_tried") or []
+        lines.append(f"photo: {view['fov']:g} degree field of view ({view['projection']}), "
+                     + (f"heading {tried[0]:g} given" if len(tried) == 1 else
+                        f"heading unknown: {len(tried)} headings tried, best {view['heading']:g}"))
     return "\n".join(lines)
 
 
 def _thumb(path):
-    from common.data.images import read_rgb
+    from common.geo.tiles import read_tile
 
     try:
-        return read_rgb(path, "aerial image")
+        return read_tile(path)
     except CVGLError:
         return None
 
 
-def save_picture(query_img: np.ndarray, result: dict, path: str, title: str = "") -> None:
-    """PNG: the query panorama across the top, its top-K aerials below (true match framed in green); when the
-    true match is outside the top-K it is shown last, labelled with its rank."""
+def save_picture(query_img: np.ndarray, result: dict, path: str, title: str = "", canvas=None) -> None:
+    """PNG: the query across the top, its top-K aerials below (true match framed in green); when the true match
+    is outside the top-K it is shown last, labelled with its rank. ``canvas``: for a limited field-of-view
+    photo, what the model saw (the photo in its 360-degree canvas), shown beside the photo."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,10 +230,23 @@ def save_picture(query_img: np.ndarray, result: dict, path: str, title: str = ""
     n = max(len(panels), 1)
     fig = plt.figure(figsize=(max(2.2 * n, 8), 2.2 + 2.6))
     grid = fig.add_gridspec(2, n, height_ratios=[1.0, 1.3])
-    ax = fig.add_subplot(grid[0, :])
-    ax.imshow(query_img)
-    ax.set_title(title or "query", fontsize=9)
-    ax.axis("off")
+    if canvas is None:
+        ax = fig.add_subplot(grid[0, :])
+        ax.imshow(query_img)
+        ax.set_title(title or "query", fontsize=9)
+        ax.axis("off")
+    else:
+        top = grid[0, :].subgridspec(1, 2, width_ratios=[1.0, 3.0])
+        ax = fig.add_subplot(top[0, 0])
+        ax.imshow(query_img)
+        ax.set_title(title or "query", fontsize=9)
+        ax.axis("off")
+        ax = fig.add_subplot(top[0, 1])
+        ax.imshow(canvas)
+        view = result.get("view") or {}
+        ax.set_title(f"what the model saw: the photo in a 360-degree canvas (N at the centre, heading "
+                     f"{view.get('heading') or 0:g}), the rest masked", fontsize=9)
+        ax.axis("off")
     for i, (p, label, is_true) in enumerate(panels):
         ax = fig.add_subplot(grid[1, i])
         img = _thumb(p)
