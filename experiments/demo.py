@@ -212,7 +212,8 @@ def train_model(cfg, marked, root_a, run_dir, extra_callbacks=()):
     _say(recipe.format_recipe(cfg, marked))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return run_training(cfg, run_dir, data, strategy="auto", seed=0, verbose=2, extra_callbacks=extra_callbacks)
+        return run_training(cfg, run_dir, data, strategy="auto", seed=0, verbose=2, extra_callbacks=extra_callbacks,
+                            overrides=recipe.override_values(cfg, marked))
 
 
 def evaluate_on(model, records, spec, batch_size=64):

@@ -15,6 +15,10 @@ when any of the top-K aerials lies within ``--radius-m`` metres (UTM) of the que
 
 Cross-area evaluation ("--cross-area") is not a separate mode: evaluate a run trained on one dataset (or one
 synthetic city) with ``--dataset/--root`` of the other.
+
+Sharded (:mod:`common.evaluation.shards`): ``--shard I/N --save-descriptors shardI.npz`` embeds only shard I of
+N (cut on batch boundaries) and writes it, without scoring; ``--descriptors shard*.npz`` (instead of a model)
+merges the shards, checks them against the split and scores them, equal bit for bit to the one-process run.
 """
 
 from __future__ import annotations
@@ -158,7 +162,7 @@ def format_table(result: dict) -> str:
     lines = [
         f"model {result['model']} | {result['dataset']} {result['split']} | N = {result['N']:,} | protocol {prot}"
         + (f" ({result['no_positive']} queries without a match in range)" if result.get("no_positive") else ""),
-        "  " + "  ".join(f"{k:>6}" for k in HEADLINE) + f"   (R@1% is R@{result['K_1pct']})",
+        "  " + "  ".join(f"{k:>6}" for k in HEADLINE) + (f"   (R@1% is R@{result['K_1pct']})" if result['K_1pct'] else "   (R@1% needs N >= 100)"),
         "  " + "  ".join(_fmt(result["metrics"][k]) for k in HEADLINE) + "   official (ties favour the query)",
     ]
     guard = result.get("collapse_guard") or {}
@@ -195,25 +199,30 @@ def plot_curve(result: dict, path: str) -> None:
 
     curve = result["curve"]
     ks = np.arange(1, len(curve) + 1)
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(ks, curve, lw=2, label=f"{result['model']}")
     marks = {k: f"R@{k}" for k in (1, 5, 10)}
     if result["K_1pct"] >= 1:
-        marks[result["K_1pct"]] = f"{marks.get(result['K_1pct'], '')} R@1%".strip()
-    for k, label in sorted(marks.items()):
-        if k <= len(curve):
-            ax.plot([k], [curve[k - 1]], "o", color="C3")
-            ax.annotate(f"{label} {curve[k - 1]:.1f}", (k, curve[k - 1]), textcoords="offset points",
-                        xytext=(4, -12), fontsize=8)
-    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        marks[result["K_1pct"]] = f"{marks[result['K_1pct']]}, R@1%" if result["K_1pct"] in marks else "R@1%"
+    marks = {k: v for k, v in sorted(marks.items()) if k <= len(curve)}
+    # the values go into the legend (below the plot); the points get short labels just above them
+    values = ", ".join(f"{v} {curve[k - 1]:.1f}" for k, v in marks.items())
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=100)
+    ax.plot(ks, curve, lw=2, label=f"{result['model']}: {values}")
+    if result.get("protocol") == "index" and result.get("N"):
+        ax.plot(ks, 100.0 * ks / result["N"], ":", color="black", lw=1, label="chance (K / N)")
+    for k, label in marks.items():
+        ax.plot([k], [curve[k - 1]], "o", color="C3", ms=4)
+        ax.annotate(label, (k, curve[k - 1]), textcoords="offset points", xytext=(0, 7), ha="center",
+                    fontsize=7, bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
     ax.set_xscale("log")
+    ax.set_xlim(0.8, max(len(curve), 10) * 1.6)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("K (top-K aerial images)")
     ax.set_ylabel("recall@K (%)")
-    ax.set_ylim(0, 100.5)
+    ax.set_ylim(0, 105)
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title(f"{result['dataset']} {result['split']}, N={result['N']:,}, protocol {result['protocol']}",
                  fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1, fontsize=8, frameon=False)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -248,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
                                        "a TensorFlow 1 checkpoint prefix of SAFA's official code (model.ckpt), "
                                        "converted in memory and compared with the SAFA paper row")
     src.add_argument("--export", help="an export directory: its SavedModel embeds the raw uint8 image files")
+    src.add_argument("--descriptors", nargs="+", metavar="FILE",
+                     help="score descriptors instead of a model: the shard files of --shard runs (merged, checked to "
+                          "tile the split) or one --save-descriptors .npz")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="embed only shard I of N (0-based, cut on batch boundaries) into --save-descriptors FILE.npz "
+                        "and stop; score the shards with --descriptors (default: the whole split)")
     p.add_argument("--batch-size", type=int, default=32, help="images per embedding batch (default %(default)s)")
     p.add_argument("--out", help="JSON path (default: RUN/eval_<dataset>_<split>.json with --run, else "
                                  "./eval_<dataset>_<split>.json); the PNG curve is written beside it")
@@ -287,7 +302,6 @@ def main(argv=None) -> int:
     from common.data.readers import read_split
     from common.data.records import positions_array
     from common.evaluation.embedding import embed_records
-    from common.evaluation.retrieval import recall_at_k
 
     records = read_split(args.dataset, args.root, args.split, allow_missing=args.allow_missing)
     if not records:
@@ -300,6 +314,15 @@ def main(argv=None) -> int:
                             f"{args.split} under {args.root} has none (CVACT: ACT_data.mat utm; CVUSA: "
                             "coordinates.csv); use --protocol index")
 
+    if args.descriptors:
+        return _score_descriptors(args, records, positions, protocol, t_start)
+    shard = None
+    if args.shard:
+        from common.evaluation.shards import parse_shard
+
+        shard = parse_shard(args.shard)
+        if not (args.save_descriptors and args.save_descriptors.endswith(".npz")):
+            raise CVGLError("--shard needs --save-descriptors FILE.npz (where the shard's descriptors go)")
     model, raw, info = load_source(args)
     progress = not args.no_progress
     if raw:
@@ -309,11 +332,81 @@ def main(argv=None) -> int:
 
         aerial_input = aerial_input_note(records, model.input_spec_)
     print(aerial_input)
+    if shard is not None:
+        return _embed_shard(args, model, raw, info, records, shard, progress)
     t0 = time.perf_counter()
     ground, aerial = embed_records(model, records, batch_size=args.batch_size, progress=progress, raw=raw)
     t_embed = time.perf_counter() - t0
+    result = _score(args, info, records, ground, aerial, positions, protocol, aerial_input, t_embed, t_start,
+                    progress)
+    return _write_result(args, result)
 
+
+def _identity(args, info) -> dict:
+    """What must agree between the shards of one run (model and batching)."""
+    return {"model": info["model"], "config": info["config"], "config_hash": info["config_hash"],
+            "source": {"kind": info["kind"], "path": info["path"]}, "batch_size": args.batch_size,
+            "dataset": args.dataset, "split": args.split, "root": os.path.abspath(args.root)}
+
+
+def _embed_shard(args, model, raw, info, records, shard, progress) -> int:
+    from common.data.records import positions_array
+    from common.evaluation.embedding import embed_records
+    from common.evaluation.shards import shard_meta, shard_range, write_shard
+
+    i, n = shard
+    start, end = shard_range(len(records), i, n, args.batch_size)
+    if start == end:
+        raise CVGLError(f"shard {i}/{n} is empty: the split has only {-(-len(records) // args.batch_size)} batches "
+                        f"of {args.batch_size}; use fewer shards")
+    part = records[start:end]
+    ground, aerial = embed_records(model, part, batch_size=args.batch_size, progress=progress, raw=raw)
+    arrays = {"ground": ground, "aerial": aerial, "ids": np.asarray([r.id for r in part])}
+    pos = positions_array(part)
+    if pos is not None:
+        arrays["positions"] = pos
+    write_shard(args.save_descriptors, arrays, shard_meta(records, i, n, start, end, **_identity(args, info)))
+    print(f"shard {i}/{n}: pairs {start}..{end - 1} of {len(records)} -> {args.save_descriptors}; score all shards "
+          f"with: python -m experiments.evaluate --dataset {args.dataset} --split {args.split} --root {args.root} "
+          f"--descriptors SHARD.npz ...")
+    return 0
+
+
+def _score_descriptors(args, records, positions, protocol, t_start) -> int:
+    """Score merged shard files (or one descriptors file) against the split, without the model."""
+    from common.evaluation.shards import merge, records_key
+
+    if args.shard:
+        raise CVGLError("--shard embeds with a model; --descriptors scores files: give one of them")
+    arrays, meta = merge(args.descriptors, identity_keys=("config_hash", "source", "batch_size"))
+    for key in ("ground", "aerial", "ids"):
+        if key not in arrays:
+            raise CVGLError(f"{args.descriptors[0]} holds no {key!r} array: not a descriptors file of evaluate")
+    ids = [str(i) for i in arrays["ids"]]
+    if meta is not None and meta.get("records_key") != records_key(records) or ids != [r.id for r in records]:
+        raise CVGLError(f"the descriptors are of another split than {args.dataset} {args.split} under {args.root} "
+                        f"({len(ids)} ids vs {len(records)} pairs, or other ids/images); give the split they were "
+                        "embedded from")
+    meta = meta or {}
+    info = {"model": meta.get("model"), "config": meta.get("config"), "config_hash": meta.get("config_hash"),
+            "kind": "descriptors", "path": [os.path.abspath(p) for p in args.descriptors]}
+    note = f"descriptors from {len(args.descriptors)} file(s)" + (f", {meta['merged_from']} shards merged"
+                                                                   if meta.get("merged_from") else "")
+    print(note)
+    ground = np.asarray(arrays["ground"], np.float32)
+    aerial = np.asarray(arrays["aerial"], np.float32)
     if args.save_descriptors:
+        save_descriptors(args.save_descriptors, ground, aerial, records)
+    progress = not args.no_progress
+    result = _score(args, info, records, ground, aerial, positions, protocol, note, 0.0, t_start, progress)
+    return _write_result(args, result)
+
+
+def _score(args, info, records, ground, aerial, positions, protocol, aerial_input, t_embed, t_start,
+           progress) -> dict:
+    from common.evaluation.retrieval import recall_at_k
+
+    if args.save_descriptors and info["kind"] != "descriptors":
         save_descriptors(args.save_descriptors, ground, aerial, records)
     t0 = time.perf_counter()
     metrics = recall_at_k(ground, aerial, ks=(1, 5, 10), query_pos=positions, reference_pos=positions,
@@ -349,7 +442,10 @@ def main(argv=None) -> int:
     for key in ("radius_m", "no_positive"):
         if key in metrics:
             result[key] = metrics[key]
+    return result
 
+
+def _write_result(args, result) -> int:
     out = args.out or os.path.join(args.run or ".", f"eval_{args.dataset}_{args.split}.json")
     from common.files import write_json
 

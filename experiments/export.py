@@ -33,6 +33,24 @@ from common.serving.loading import load_trained_model, resolve_run
 # ------------------------------------------------------------------------------------------- model card
 
 
+def _with_run_evaluations(run_dir, results):
+    """results.json followed by every ``eval_*.json`` that experiments.evaluate wrote into the run (cross-area,
+    CVACT_test, ...), so the model card lists every evaluation that was run."""
+    import glob
+    import json
+
+    found = []
+    for path in sorted(glob.glob(os.path.join(run_dir, "eval_*.json"))):
+        try:
+            with open(path) as fh:
+                found.append(json.load(fh))
+        except (OSError, ValueError):
+            print(f"note: {path} is not readable JSON; left out of the model card")
+    if not found:
+        return results
+    return ([results] if results is not None else []) + found
+
+
 # ------------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -71,6 +89,7 @@ def main(argv=None):
     results = None
     if args.run:
         cfg, ckpt, results = resolve_run(args.run)
+        results = _with_run_evaluations(args.run, results)
         if args.config:
             from common.models.config import load_config
 

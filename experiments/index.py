@@ -3,6 +3,8 @@
     python -m experiments.index build --export EXPORT_DIR --dataset cvusa --root DATA --split val --out INDEX.npz
     python -m experiments.index build --export EXPORT_DIR --tiles DIR --tiles-csv tiles.csv --out MAP.npz
     python -m experiments.index build --export EXPORT_DIR --orthophoto city.tif --stride-m 25 --out MAP.npz
+    python -m experiments.index build ... --shard 0/2 --out part0.npz   (and 1/2: one process each)
+    python -m experiments.index merge --out INDEX.npz part0.npz part1.npz
     python -m experiments.index info --index INDEX.npz
 
 ``build`` reads aerial images from one of three sources and embeds them with the export's ``embed_aerial``
@@ -37,6 +39,7 @@ the gallery is large, or with ``--backend faiss``).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -102,10 +105,45 @@ def _build(args):
     records, description = _source(args, export)
     if args.limit:
         records = records[: args.limit]
+    if args.shard:
+        return _build_shard(args, export, records, description)
     meta = build_index(export, records, args.out, batch_size=args.batch_size,
                        checkpoint_every=args.checkpoint_every, description=description)
     print(f"wrote {os.path.abspath(args.out)}: {meta['count']} aerial images of {index_source(meta)}, "
           f"{meta['descriptor_dim']}-d, model {meta.get('model')} (fingerprint {meta['fingerprint'][:12]})")
+    return 0
+
+
+def _build_shard(args, export, records, description):
+    """Shard I of N of the build (common.evaluation.shards): the same chunks and batches as one process."""
+    from common.evaluation.shards import parse_shard, shard_meta, shard_range, write_shard
+
+    i, n = parse_shard(args.shard)
+    if not args.out.endswith(".npz"):
+        raise CVGLError(f"--out {args.out}: a shard is written as .npz")
+    start, end = shard_range(len(records), i, n, args.batch_size, chunk=args.checkpoint_every)
+    if start == end:
+        raise CVGLError(f"shard {i}/{n} is empty: {len(records)} images make fewer batches of {args.batch_size} "
+                        "than shards; use fewer shards")
+    whole = f"{os.path.splitext(args.out)[0]}.unsharded.npz"  # build_index's own file (and its resume)
+    meta = build_index(export, records[start:end], whole, batch_size=args.batch_size,
+                       checkpoint_every=args.checkpoint_every, description=description, offset=start)
+    with np.load(whole, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in ("embeddings", "ids", "positions", "latlon", "aerial_paths")}
+    arrays["index_meta"] = np.asarray([json.dumps(meta)])
+    write_shard(args.out, arrays, shard_meta(records, i, n, start, end, fingerprint=export.fingerprint,
+                                             batch_size=args.batch_size, checkpoint_every=args.checkpoint_every))
+    os.remove(whole)
+    print(f"wrote shard {i}/{n} of the index: images {start}..{end - 1} of {len(records)} -> "
+          f"{os.path.abspath(args.out)}; merge with python -m experiments.index merge --out INDEX.npz SHARD.npz ...")
+    return 0
+
+
+def _merge(args):
+    from common.serving.index import merge_indexes
+
+    meta = merge_indexes(args.shards, args.out)
+    print(f"wrote {os.path.abspath(args.out)}: {meta['count']} aerial images from {meta['merged_from']} shards")
     return 0
 
 
@@ -152,8 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="save progress every this many images, resumed when the build is run again "
                         "(default %(default)s)")
     b.add_argument("--limit", type=int, default=0, help="index only the first N pairs or tiles (default 0 = all)")
+    b.add_argument("--shard", default=None, metavar="I/N",
+                   help="build only shard I of N (0-based; cut on the one-process batches) into --out; join them "
+                        "with index merge (default: the whole gallery)")
     b.add_argument("--allow-missing", action="store_true",
                    help="drop pairs or tiles whose image files are missing (default: refuse)")
+    m = sub.add_parser("merge", help="join the shards of index build --shard into one index (equal to a "
+                                     "one-process build)")
+    m.add_argument("--out", required=True, help="index file to write (.npz)")
+    m.add_argument("shards", nargs="+", help="the shard files, every one of the N")
     i = sub.add_parser("info", help="print what an index holds")
     i.add_argument("--index", required=True, help="index file (.npz)")
     return parser
@@ -165,6 +210,8 @@ def main(argv=None):
         if args.batch_size < 1:
             raise CVGLError(f"--batch-size must be positive, got {args.batch_size}")
         return _build(args)
+    if args.command == "merge":
+        return _merge(args)
     return _info(args)
 
 

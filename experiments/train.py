@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.strategy == "multiworker" or (args.strategy == "auto" and os.environ.get("TF_CONFIG")):
+        from common.training.distribute import make_strategy
+
+        make_strategy(args.strategy)  # first thing: the collective ops are configured when TensorFlow starts
     from common.models.config import load_config
     from common.data.specs import get_spec
     from common.training import recipe
@@ -89,7 +93,8 @@ def main(argv=None) -> int:
                         embed_batch_size=max(2, int(train["batch_size"])), allow_missing=args.allow_missing)
     results = run_training(cfg, os.path.abspath(args.out), data, strategy=args.strategy,
                            precision=train["mixed_precision"], seed=int(train["seed"]),
-                           steps_per_epoch=train.get("steps_per_epoch"), validate_every=args.validate_every)
+                           steps_per_epoch=train.get("steps_per_epoch"), validate_every=args.validate_every,
+                           overrides=recipe.override_values(cfg, marked))
     m = results["metrics"]
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     if results["best_epoch"] is None and results["collapsed_epochs"]:

@@ -77,20 +77,23 @@ def draw_layout(ground_img, aerial_img, maps, out_png, title="", alpha=0.55) -> 
     axes[0, 1].imshow(aerial_img)
     axes[0, 1].set_title("aerial (polar)" if aa > 1.5 else "aerial")
     image = None
+    # one symmetric colour scale for every map, from the largest |P| drawn: a fixed +-1 would render the
+    # small ranges of a briefly trained model (e.g. P in [-0.1, 0.3]) as one flat colour
+    vmax = max(1e-3, max(float(np.abs(maps[v]).max()) for v in ("ground", "aerial")))
     for i in range(k):
         for j, (view, img) in enumerate((("ground", ground_img), ("aerial", aerial_img))):
             m = cv2.resize(maps[view][i].astype(np.float32), (img.shape[1], img.shape[0]),
                            interpolation=cv2.INTER_LINEAR)
             ax = axes[i + 1, j]
             ax.imshow(img, alpha=1.0)
-            image = ax.imshow(m, cmap="coolwarm", vmin=-1, vmax=1, alpha=alpha)
+            image = ax.imshow(m, cmap="coolwarm", vmin=-vmax, vmax=vmax, alpha=alpha)
             lo, hi = float(maps[view][i].min()), float(maps[view][i].max())
             ax.set_xlabel(f"{view} k={i}: P in [{lo:.2f}, {hi:.2f}]", fontsize=7, labelpad=1)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
     if image is not None:
-        fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03, pad=0.01, label="P (layout descriptor)")
+        fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03, pad=0.01, label=f"P (layout descriptor), scale +-{vmax:.2g}")
     fig.suptitle(title or f"GeoDTR: {k} geometric layout descriptors")
     from common.files import atomic_path
 

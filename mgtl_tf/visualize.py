@@ -79,6 +79,21 @@ def attention_maps(model, ground, aerial, head="mean"):
     return out
 
 
+COMPASS = ((0, "N"), (90, "E"), (180, "S"), (270, "W"))
+
+
+def bearing_ticks(size: float):
+    """(positions, labels) of the compass points along an axis of ``size`` units (pixels or tokens) of a
+    north-centred panorama or polar aerial: position p looks at bearing 180 + 360 p / size."""
+    return [((b - 180) % 360) / 360 * size for b, _ in COMPASS], [f"{name} {b}" for b, name in COMPASS]
+
+
+def token_ticks(n: int):
+    """Compass-point ticks on token indices 0..n-1 (token k spans bearings 180 + 360 [k, k+1) / n)."""
+    pos, lab = bearing_ticks(n)
+    return [p - 0.5 for p in pos], lab
+
+
 def attention_figure(maps: dict, ground_rgb: np.ndarray, aerial_rgb: np.ndarray, out_png: str,
                      title: str = "", self_attention: bool = False, head="mean") -> str:
     """Draw the picture described in the module docstring; writes ``out_png`` atomically and returns it."""
@@ -97,9 +112,10 @@ def attention_figure(maps: dict, ground_rgb: np.ndarray, aerial_rgb: np.ndarray,
         width = img.shape[1]
         for k in range(1, n):
             ax.axvline(k * width / n, color="white", lw=0.4, alpha=0.6)
-        ax.set_title(f"{name} ({n} tokens = azimuth bins)", fontsize=9)
-        ax.set_xticks([(k + 0.5) * width / n for k in range(0, n, max(1, n // 10))])
-        ax.set_xticklabels([str(k) for k in range(0, n, max(1, n // 10))], fontsize=7)
+        ax.set_title(f"{name} ({n} tokens = azimuth bins; compass bearing, degrees)", fontsize=9)
+        pos, lab = bearing_ticks(width)
+        ax.set_xticks(pos)
+        ax.set_xticklabels(lab, fontsize=7)
         ax.set_yticks([])
     kind = "self-attention (w/o CMI)" if self_attention else "cross-attention"
     which = "mean over heads" if head == "mean" else f"head {head}"
@@ -116,6 +132,11 @@ def attention_figure(maps: dict, ground_rgb: np.ndarray, aerial_rgb: np.ndarray,
             ax.set_title(f"step {step + 1}: {view} tower {kind}", fontsize=9)
             ax.set_ylabel(labels[view][0] + " (query)", fontsize=8)
             ax.set_xlabel(labels[view][1] + " (key)", fontsize=8)
+            pos, lab = token_ticks(n)
+            ax.set_xticks(pos)
+            ax.set_xticklabels(lab)
+            ax.set_yticks(pos)
+            ax.set_yticklabels(lab)
             ax.tick_params(labelsize=6)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
     fig.suptitle((title + "\n" if title else "") + f"MGTL {kind} per step, {which}", fontsize=11)

@@ -23,6 +23,11 @@ from keras import ops
 from common.data.specs import get_spec
 
 
+def _collective(strategy) -> bool:
+    """Whether ``strategy`` is a MultiWorkerMirroredStrategy (its extended class, whatever the alias)."""
+    return type(getattr(strategy, "extended", None)).__name__ == "CollectiveAllReduceExtended"
+
+
 class CrossViewModel(keras.Model):
     """Base class: subclasses build towers and implement embed_ground / embed_aerial / family_loss."""
 
@@ -85,6 +90,38 @@ class CrossViewModel(keras.Model):
     def components(self) -> dict:
         """{paper component name: [layers]} covering every weight exactly once."""
         raise NotImplementedError
+
+    def train_step(self, data):
+        """Keras's step; under ``MultiWorkerMirroredStrategy`` its scalar logs are returned with one axis,
+        because Keras 3 averages them across the workers with ``strategy.reduce("MEAN", v, axis=0)``, which
+        fails on a scalar ("Invalid reduction dimension 0 for input with 0 dimensions", tensorflow#72388);
+        the reduction turns them back into scalars."""
+        logs = super().train_step(data)
+        if _collective(getattr(self, "_distribute_strategy", None)):
+            logs = {k: ops.reshape(v, (1,)) if len(ops.shape(v)) == 0 else v for k, v in logs.items()}
+        return logs
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras's build from the first batch, made to work under ``MultiWorkerMirroredStrategy``: Keras 3
+        averages the whole (nested) per-replica batch in one ``strategy.reduce`` call, which that strategy
+        refuses for a dict of tensors ("Attempt to convert a value ({'ground': PerReplica ...}) to a Tensor").
+        Only the shapes matter here, so under it the first replica's local batch is used instead."""
+        strategy = getattr(self, "_distribute_strategy", None)
+        if iterator is None or not _collective(strategy):
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        import tensorflow as tf
+
+        for _, _, it in iterator:
+            batch = next(it)
+            break
+        else:
+            return None
+        local = keras.tree.map_structure(
+            lambda v: strategy.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues)
+            else v, batch)
+        with strategy.scope():
+            self._symbolic_build(data_batch=local)
+        return None
 
     def get_config(self):
         config = super().get_config()

@@ -283,12 +283,22 @@ def load_export(export_dir: str, verify: bool = True) -> Export:
     return Export(export_dir, loaded, meta)
 
 
+def _is_synthetic(root) -> bool:
+    return bool(root) and os.path.isfile(os.path.join(str(root), "synth.json"))
+
+
 def model_card(meta: dict, cfg: dict, results) -> str:
-    """MODEL_CARD.md: what the model is, what it was trained and evaluated on, how to call it."""
+    """MODEL_CARD.md: what the model is, what it was trained and evaluated on, how to call it.
+
+    ``results``: the run's results.json dict, or a list of it and the evaluations run since (``eval_*.json``
+    beside the run: cross-area, CVACT_test, ...); every one is a row of the evaluation table."""
     from common.evaluation.parity import METRICS, compare
 
     spec = meta["input_spec"]
     source = cfg.get("source") or {}
+    evaluations = results if isinstance(results, list) else [results] if results is not None else []
+    primary = evaluations[0] if evaluations and isinstance(evaluations[0], dict) else None
+    synthetic = bool(primary and (primary.get("synthetic") or _is_synthetic(primary.get("root"))))
     lines = [
         f"# Model card: {meta.get('name') or 'cross-view model'}",
         "",
@@ -307,11 +317,20 @@ def model_card(meta: dict, cfg: dict, results) -> str:
         + (", ".join(f"{k} {v}" for k, v in (cfg.get("augment") or {}).items()) or "none"),
         f"- training: {json.dumps(cfg.get('train', {}), default=str)}",
     ]
-    if isinstance(results, dict):
+    if synthetic:
+        lines.append("- **trained on the project's synthetic world**, not on the paper's data: its numbers below are "
+                     "not comparable with the paper's")
+    if primary is not None:
         for key, label in (("val_note", "validation"), ("best_epoch", "checkpoint: best epoch"),
-                           ("root", "evaluated on data at")):
-            if results.get(key) is not None:
-                lines.append(f"- {label}: {results[key]}")
+                           ("root", "trained on data at")):
+            if primary.get(key) is not None:
+                lines.append(f"- {label}: {primary[key]}")
+        overrides = primary.get("overrides") or {}
+        if overrides:
+            lines.append(f"- differs from the paper row in {len(overrides)} keys: "
+                         + "; ".join(f"`{k}` = {json.dumps(v, default=str)}" for k, v in overrides.items()))
+        elif "overrides" in primary:
+            lines.append("- the paper row's recipe, no overrides")
     lines += [
         "",
         "## Input (done inside the exported graph)",
@@ -334,7 +353,7 @@ def model_card(meta: dict, cfg: dict, results) -> str:
         lines.append(f"- training aerial tiles cover {meta['aerial_extent_m']:g} m{px}: map indexes "
                      "(index build --orthophoto) cut tiles of this size by default")
     lines += ["", "## Evaluation"]
-    report = compare(results) if results is not None else []
+    report = compare(evaluations) if evaluations else []
     if not report:
         lines.append("No results.json in the run: evaluate with `python -m experiments.evaluate` and re-export.")
     else:
@@ -343,7 +362,10 @@ def model_card(meta: dict, cfg: dict, results) -> str:
         for item in report:
             ev, row = item["evaluation"], item["paper"]
             vals = [f"{ev['metrics'][m]:.2f}" if m in ev["metrics"] else "-" for m in METRICS]
-            paper = f"{row['metrics']['R@1']:.2f}" if row and "R@1" in row["metrics"] else "-"
+            if _is_synthetic(ev.get("root")) or (synthetic and ev.get("root") is None):
+                paper = "not comparable (synthetic world)"
+            else:
+                paper = f"{row['metrics']['R@1']:.2f}" if row and "R@1" in row["metrics"] else "-"
             lines.append(f"| {ev.get('dataset')} | {ev.get('split')} | {ev.get('protocol')} | "
                          + " | ".join(vals) + f" | {paper} |")
         lines.append("")

@@ -44,12 +44,14 @@ def _partial_key(fingerprint: str, ids, paths) -> str:
 
 
 def build_index(export, records, out: str, batch_size: int = 16, checkpoint_every: int = 2048,
-                description: dict | None = None, progress: bool = True, reader=None) -> dict:
+                description: dict | None = None, progress: bool = True, reader=None, offset: int = 0) -> dict:
     """Embed the aerial images of ``records`` with ``export`` (a :class:`common.serving.export.Export`) into ``out``.
 
     ``records``: dataset :class:`~common.data.records.PairRecord` s or map :class:`~common.geo.tiles.TileRecord` s
     (which carry ``latlon``); ``reader``: path -> uint8 RGB (default :func:`common.geo.tiles.read_tile`, which
-    reads plain image files too)."""
+    reads plain image files too). ``offset``: where ``records`` start in the whole gallery (a shard,
+    :mod:`common.evaluation.shards`): chunks are cut at the same global multiples of ``checkpoint_every`` as in a
+    one-process build, so every batch is the same and the merged shards equal it bit for bit."""
     from tqdm import tqdm
 
     from common.evaluation.embedding import embed_view_raw
@@ -82,8 +84,13 @@ def build_index(export, records, out: str, batch_size: int = 16, checkpoint_ever
         if done:
             print(f"resuming from {partial}: {done} of {n} images already embedded", file=sys.stderr)
     bar = tqdm(total=n, initial=done, desc="embedding aerial images", unit="img", disable=not progress)
-    for a in range(done, n, checkpoint_every):  # one chunk per checkpoint
-        b = min(a + checkpoint_every, n)
+    cuts = sorted({0, n} | {k * checkpoint_every - offset for k in range(offset // checkpoint_every + 1,
+                                                                           (offset + n) // checkpoint_every + 1)
+                            if 0 < k * checkpoint_every - offset < n})
+    for a, b in zip(cuts[:-1], cuts[1:]):  # one chunk per checkpoint
+        if b <= done:
+            continue
+        a = max(a, done)
         emb[a:b] = embed_view_raw(export, records[a:b], "aerial", batch_size=batch_size, progress=False,
                                    reader=reader)
         bar.update(b - a)
@@ -125,6 +132,25 @@ class Index:
         return len(self.ids)
 
 
+def merge_indexes(paths, out: str) -> dict:
+    """Merge the shard indexes of ``index build --shard`` into ``out`` (equal to a one-process build but for its
+    creation time); CVGLError unless they are one export's shards that tile one gallery."""
+    from common.evaluation.shards import merge
+
+    arrays, meta = merge(paths, identity_keys=("fingerprint", "batch_size", "checkpoint_every"))
+    if meta is None:
+        raise CVGLError(f"{paths[0]} is a whole index, not a shard (build shards with index build --shard I/N)")
+    index_meta = json.loads(str(arrays.pop("index_meta")[0]))
+    for key in ("shard", "range", "count"):
+        index_meta.pop(key, None)
+    index_meta.update(count=int(len(arrays["ids"])), merged_from=meta["merged_from"],
+                      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    _atomic_savez(os.path.abspath(out), embeddings=arrays["embeddings"], ids=arrays["ids"],
+                  positions=arrays["positions"], latlon=arrays["latlon"], aerial_paths=arrays["aerial_paths"],
+                  meta=np.asarray(json.dumps(index_meta)))
+    return index_meta
+
+
 def load_index(path: str) -> Index:
     fix = "build it with python -m experiments.index build --export EXPORT_DIR ..."
     if not os.path.isfile(path):
@@ -138,6 +164,9 @@ def load_index(path: str) -> Index:
     except Exception as exc:  # noqa: BLE001 - a truncated .npz raises BadZipFile, EOFError, zlib errors...
         raise CVGLError(f"index {path} is unreadable or not an index file ({type(exc).__name__}: {exc}); "
                         f"{fix}") from None
+    if isinstance(meta, dict) and str(meta.get("format", "")).startswith("cvgl-descriptor-shard"):
+        raise CVGLError(f"{path} is shard {meta['shard'][0]}/{meta['shard'][1]} of an index build, not an index: merge "
+                        "the shards with python -m experiments.index merge --out INDEX.npz SHARD.npz ...")
     if not isinstance(meta, dict) or meta.get("format") not in READ_FORMATS or "fingerprint" not in meta:
         got = meta.get("format") if isinstance(meta, dict) else None
         raise CVGLError(f"index {path} has format {got!r}, this code reads {INDEX_FORMAT}; {fix}")

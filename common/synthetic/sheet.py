@@ -13,10 +13,30 @@ import cv2
 import numpy as np
 
 
+def _fit(text: str, width: int, scale: float, thickness: int) -> str:
+    """``text``, its middle elided ("ab..yz") until it fits ``width`` pixels."""
+    fits = lambda t: cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0] <= width  # noqa: E731
+    if fits(text):
+        return text
+    for keep in range(len(text) - 1, 3, -1):
+        short = text[: (keep + 1) // 2] + ".." + text[len(text) - keep // 2:]
+        if fits(short):
+            return short
+    return text[:4]
+
+
 def _label(img, text):
+    """``img`` with ``text`` in white on a dark band along its top, scaled to the image height and elided to
+    the image width (a CVACT id has 22 characters), so it is legible on light sky and stays on its panel."""
     out = img.copy()
-    cv2.putText(out, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 2, cv2.LINE_AA)
-    cv2.putText(out, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    h, w = out.shape[:2]
+    scale = max(0.35, h / 260.0)
+    thickness = 1
+    text = _fit(text, w - 8, scale, thickness)
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    band = out[: th + base + 6, : min(w, tw + 8)]
+    band[:] = (band.astype(np.float32) * 0.35).astype(np.uint8)
+    cv2.putText(out, text, (4, th + 3), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
     return out
 
 

@@ -6,6 +6,8 @@ the project's readers and tf.data pipeline. Any other source can hand :func:`com
 
 from __future__ import annotations
 
+import os
+
 import dataclasses
 from typing import Callable, Optional
 
@@ -36,6 +38,7 @@ class TrainData:
     val_note: str = "val"
     n_val: int = 0
     image_error: Optional[Callable] = None
+    root: Optional[str] = None  # the training data folder (results.json records it: parity's synthetic note)
 
 
 def records_data(cfg: dict, root: str, spec, seed: int = 0, val_split: str = "val",
@@ -85,4 +88,5 @@ def records_data(cfg: dict, root: str, spec, seed: int = 0, val_split: str = "va
 
         return named(exc, train_records, spec, "training") if is_image_error(exc) else None
 
-    return TrainData(train_dataset, len(train_records), example, embed_val, note, len(val_records), image_error)
+    return TrainData(train_dataset, len(train_records), example, embed_val, note, len(val_records), image_error,
+                     root=os.path.abspath(root))

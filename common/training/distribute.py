@@ -43,11 +43,11 @@ def make_strategy(name: str = "auto"):
             "unset KERAS_BACKEND or set it to tensorflow"
         )
     tf = _tf()
+    if name == "multiworker" or (name == "auto" and os.environ.get("TF_CONFIG")):
+        return _multiworker()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
-        if os.environ.get("TF_CONFIG"):
-            name = "multiworker"
-        elif len(gpus) > 1:
+        if len(gpus) > 1:
             name = "mirrored"
         else:
             return tf.distribute.get_strategy()
@@ -56,6 +56,21 @@ def make_strategy(name: str = "auto"):
     if name == "mirrored":
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=devices)
+    raise AssertionError(name)  # every name is handled above
+
+
+_MULTIWORKER = []  # the process's one MultiWorkerMirroredStrategy (it can be created once, at startup)
+
+
+def _multiworker():
+    """The MultiWorkerMirroredStrategy of this process, created on the first call.
+
+    TensorFlow configures the collective ops when its context starts, so the strategy must exist before
+    anything else touches TensorFlow (listing devices, a tf.data pipeline, a tensor): ``experiments.train`` calls
+    :func:`make_strategy` first thing; created later it fails with "Collective ops must be configured at program
+    startup", which is said here in one line with the fix."""
+    if _MULTIWORKER:
+        return _MULTIWORKER[0]
     raw = os.environ.get("TF_CONFIG")
     if not raw:
         raise CVGLError(
@@ -63,10 +78,25 @@ def make_strategy(name: str = "auto"):
             '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
         )
     try:
-        json.loads(raw)
-    except ValueError:
-        raise CVGLError(f"TF_CONFIG is not valid JSON: {raw[:80]!r} (see docs/training.md, multi-worker training)") from None
-    return tf.distribute.MultiWorkerMirroredStrategy()
+        cfg = json.loads(raw)
+        workers = cfg["cluster"]["worker"]
+        int(cfg["task"]["index"])
+    except (ValueError, KeyError, TypeError):
+        raise CVGLError(f"TF_CONFIG must be JSON with cluster.worker (a list of host:port) and task.index, got "
+                        f"{raw[:120]!r} (see docs/training.md, multi-worker training)") from None
+    if not isinstance(workers, list) or not workers:
+        raise CVGLError(f"TF_CONFIG cluster.worker must be a non-empty list of host:port, got {workers!r}")
+    tf = _tf()
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    except RuntimeError as exc:
+        if "program startup" in str(exc):
+            raise CVGLError("the multi-worker strategy must be created before TensorFlow starts: call "
+                            "common.training.distribute.make_strategy('multiworker') first thing in the "
+                            "process (experiments.train does)") from None
+        raise
+    _MULTIWORKER.append(strategy)
+    return strategy
 
 
 def is_chief() -> bool:

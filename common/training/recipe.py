@@ -89,6 +89,17 @@ def resolve(cfg: dict, overrides=(), cli: dict | None = None) -> tuple:
     return cfg, marked
 
 
+def override_values(cfg: dict, marked: dict) -> dict:
+    """``{dotted key: its value in the resolved cfg}`` for every overridden key of ``marked``."""
+    out = {}
+    for key in marked:
+        node = cfg
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        out[key] = node
+    return out
+
+
 def flatten(cfg, prefix="") -> list:
     """[(dotted key, leaf value)] in file order."""
     rows = []

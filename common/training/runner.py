@@ -225,8 +225,10 @@ def remove_leftovers(out: str) -> list:
 
 def run_training(cfg: dict, out: str, data: TrainData, *, strategy: str = "auto", precision: str = "off",
                  seed: int = 0, steps_per_epoch: Optional[int] = None, verbose: int | None = None,
-                 validate_every: int = 1, log=print, build_fn=None, extra_callbacks=()) -> dict:
-    """Train ``cfg`` (resolved) into run directory ``out``; returns the results dict (also results.json)."""
+                 validate_every: int = 1, log=print, build_fn=None, extra_callbacks=(), overrides=None) -> dict:
+    """Train ``cfg`` (resolved) into run directory ``out``; returns the results dict (also results.json).
+    ``overrides``: ``{dotted key: value}`` where the run differs from its paper-row config (recorded in results.json,
+    listed by the model card)."""
     from common.training.schema import check_run_config
 
     check_run_config(cfg)
@@ -244,13 +246,13 @@ def run_training(cfg: dict, out: str, data: TrainData, *, strategy: str = "auto"
         return _run_locked(cfg, out, data, epochs, batch_size, schedule, chief, strategy=strategy,
                            precision=precision, seed=seed, steps_per_epoch=steps_per_epoch, verbose=verbose,
                            validate_every=validate_every, log=log, build_fn=build_fn,
-                           extra_callbacks=extra_callbacks)
+                           extra_callbacks=extra_callbacks, overrides=overrides)
     finally:
         unlock_run_dir(lock)
 
 
 def _run_locked(cfg, out, data, epochs, batch_size, schedule, chief, *, strategy, precision, seed,
-                steps_per_epoch, verbose, validate_every, log, build_fn, extra_callbacks) -> dict:
+                steps_per_epoch, verbose, validate_every, log, build_fn, extra_callbacks, overrides=None) -> dict:
     train_cfg = cfg["train"]
     if chief:
         gone = remove_leftovers(out)
@@ -266,9 +268,9 @@ def _run_locked(cfg, out, data, epochs, batch_size, schedule, chief, *, strategy
     strat = make_strategy(strategy) if keras.backend.backend() == "tensorflow" else None
     replicas = strat.num_replicas_in_sync if strat is not None else 1
 
-    os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
-    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
-    if chief:
+    if chief:  # the other workers of a multi-worker run write nothing into the run directory
+        os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
+        os.makedirs(os.path.join(out, "logs"), exist_ok=True)
         cb.atomic_write_text(os.path.join(out, "config.yaml"), yaml.safe_dump(cfg, sort_keys=False))
 
     if build_fn is None:
@@ -295,7 +297,9 @@ def _run_locked(cfg, out, data, epochs, batch_size, schedule, chief, *, strategy
         raise CVGLError(f"{data.n_train} training pairs give no batch of {batch_size}; lower --batch-size")
 
     state = cb.RunState("val_R@1" if data.embed_val is not None else "-loss")
-    backup_dir = os.path.join(out, "backup") if chief else os.path.join(out, "backup", f"worker-{os.getpid()}")
+    # a non-chief worker keeps its own resume state in a private temporary folder (Keras's rule for
+    # multi-worker backups: only the chief's is the run's)
+    backup_dir = os.path.join(out, "backup") if chief else _worker_backup_dir(out)
     kill_at = os.environ.get(KILL_ENV)
     kill_in_write = None
     if kill_at and kill_at.endswith(":write"):
@@ -306,6 +310,8 @@ def _run_locked(cfg, out, data, epochs, batch_size, schedule, chief, *, strategy
                             kill_in_write=kill_in_write)
     saved = resume.read()
     start = int(saved["epoch"]) if saved else 0
+    if strat is not None and replicas > 1 and _is_collective(strat):
+        saved, start = _agree_on_start(strat, chief, saved, start, backup_dir)
 
     # the stream of global batches from the first step this process runs (a pure function of seed and step)
     start_step = start * steps
@@ -367,6 +373,11 @@ def _run_locked(cfg, out, data, epochs, batch_size, schedule, chief, *, strategy
             named = data.image_error(exc) if data.image_error is not None else None
             if named is not None:
                 raise named from None
+            if replicas > 1 and _is_collective(strat) and type(exc).__name__ in ("UnavailableError",
+                                                                                 "AbortedError", "InternalError"):
+                raise CVGLError(f"another worker of this multi-worker run stopped ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:160]}); relaunch every worker with the same command: "
+                                f"the run resumes from its last backup ({backup_dir})") from None
             raise
     elapsed = time.time() - t0
     if state.nan_at is not None:
@@ -378,6 +389,7 @@ def _run_locked(cfg, out, data, epochs, batch_size, schedule, chief, *, strategy
                         f"train.optimizer.learning_rate or check the input images; rerunning the same "
                         f"command resumes from the last good epoch")
     results = _results(cfg, cfg_hash, state, data, epochs, elapsed, policy, strategy, replicas, resume.resumed_from)
+    results["overrides"] = dict(overrides or {})
     if results["collapsed_epochs"]:
         from common.evaluation.collapse import ADVICE
 
@@ -393,6 +405,48 @@ def _run_locked(cfg, out, data, epochs, batch_size, schedule, chief, *, strategy
     return results
 
 
+def _is_collective(strategy) -> bool:
+    from common.models.base import _collective
+
+    return _collective(strategy)
+
+
+def _agree_on_start(strat, chief, saved, start, backup_dir):
+    """Every worker of a multi-worker run resumes from the chief's epoch. The chief's start is summed across the
+    workers (only the chief contributes), so each worker learns it: a fresh chief makes a worker with a stale
+    private state start fresh too; a chief resuming from an epoch a worker has no state for is an error."""
+    import shutil
+
+    import tensorflow as tf
+
+    mine = start if chief else 0
+    total = strat.reduce(tf.distribute.ReduceOp.SUM, strat.run(lambda: tf.constant(float(mine))), axis=None)
+    chief_start = int(round(float(total)))
+    if chief or start == chief_start:
+        return saved, start
+    if chief_start == 0:  # the chief starts fresh: this worker's state is of an earlier run
+        shutil.rmtree(backup_dir, ignore_errors=True)
+        os.makedirs(backup_dir, exist_ok=True)
+        return None, 0
+    raise CVGLError(f"this worker's saved state ({backup_dir}) is at epoch {start}, the chief resumes after epoch "
+                    f"{chief_start}: the workers' backups disagree. Relaunch every worker with the same run "
+                    "directory, or start the run afresh in a new one")
+
+
+def _worker_backup_dir(out: str) -> str:
+    """The private resume folder of a non-chief worker: under the system's temporary folder, named after the
+    run directory and the worker's task index (the same on a relaunch, so the worker resumes too)."""
+    import hashlib
+    import json
+    import tempfile
+
+    task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
+    tag = hashlib.sha256(os.path.abspath(out).encode()).hexdigest()[:12]
+    path = os.path.join(tempfile.gettempdir(), f"cvgl-worker-{tag}-{task.get('type', 'worker')}-{task.get('index', 0)}")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 def _results(cfg, cfg_hash, state, data, epochs, elapsed, policy, strategy, replicas, resumed_from) -> dict:
     best = next((h for h in state.history if h["epoch"] == state.best_epoch), None) or {}
     metrics = {k: best.get(f"val_{k}") for k in ("R@1", "R@5", "R@10", "R@1%")}
@@ -405,6 +459,8 @@ def _results(cfg, cfg_hash, state, data, epochs, elapsed, policy, strategy, repl
         "split": "val",
         "protocol": "index",
         "val_note": data.val_note,
+        "root": data.root,
+        "synthetic": bool(data.root and os.path.isfile(os.path.join(data.root, "synth.json"))),
         "metrics": metrics,
         "best_epoch": state.best_epoch,
         "selected_by": state.monitor,
