@@ -135,3 +135,14 @@ def test_localisation_picture_shows_what_the_model_saw(figures, tmp_path):
     assert "query photo" in texts and any(t.startswith("what the model saw") and "heading 30" in t for t in texts)
     assert any("12 m off" in t for t in texts)
     assert os.path.getsize(path) > 0
+
+
+def test_every_picture_type_has_a_readme_thumbnail():
+    """README's Pictures table shows a thumbnail of each picture type, and each file exists (small)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    readme = open(os.path.join(root, "README.md")).read()
+    for name in ("contact_sheet.jpg", "recall_curve.png", "retrieval_grid.jpg", "layout_descriptors.jpg",
+                 "attention.jpg", "localize_photo.jpg", "localize_map.jpg"):
+        assert f"(docs/images/{name})" in readme, name
+        path = os.path.join(root, "docs", "images", name)
+        assert 5_000 < os.path.getsize(path) < 150_000, name

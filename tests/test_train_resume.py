@@ -129,15 +129,18 @@ def _csv_untimed(run):
         return [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in csv.DictReader(fh)]
 
 
+EXACT_EPOCHS = 2  # killed in epoch 2, its last: the resumed run replays it and must end as the uninterrupted one
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    """The uninterrupted 3-epoch run of a model ("geodtr" or "tiny-exact"), made once per module."""
+    """The uninterrupted 2-epoch run of a model ("geodtr" or "tiny-exact"), made once per module."""
     runs = {}
 
     def get(model):
         if model not in runs:
             run = tmp_path_factory.mktemp("exact") / f"uninterrupted-{model}"
-            done = _run(run, 3, extra=[model])
+            done = _run(run, EXACT_EPOCHS, extra=[model])
             assert done.returncode == 0, done.stderr[-3000:]
             runs[model] = run
         return runs[model]
@@ -168,10 +171,10 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(uninterrupted, tmp_path
     same command resumes after epoch 1, replays epoch 2 from its first batch, and ends bit-identical to the
     uninterrupted run."""
     run = tmp_path / "run"
-    killed = _run(run, 3, extra=[model], CVGL_TEST_KILL_AT=kill_at)
+    killed = _run(run, EXACT_EPOCHS, extra=[model], CVGL_TEST_KILL_AT=kill_at)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert json.loads((run / "backup" / "state.json").read_text())["epoch"] == 1
-    again = _run(run, 3, extra=[model])
+    again = _run(run, EXACT_EPOCHS, extra=[model])
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming from the saved state after epoch 1/3" in again.stdout
+    assert f"resuming from the saved state after epoch 1/{EXACT_EPOCHS}" in again.stdout
     _assert_same_run(uninterrupted(model), run)
