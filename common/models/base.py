@@ -91,13 +91,13 @@ class CrossViewModel(keras.Model):
         """{paper component name: [layers]} covering every weight exactly once."""
         raise NotImplementedError
 
-    def train_step(self, data):
+    def train_step(self, *args):
         """Keras's step; under ``MultiWorkerMirroredStrategy`` its scalar logs are returned with one axis,
         because Keras 3 averages them across the workers with ``strategy.reduce("MEAN", v, axis=0)``, which
         fails on a scalar ("Invalid reduction dimension 0 for input with 0 dimensions", tensorflow#72388);
         the reduction turns them back into scalars."""
-        logs = super().train_step(data)
-        if _collective(getattr(self, "_distribute_strategy", None)):
+        logs = super().train_step(*args)  # TensorFlow: (data,) -> logs; JAX: (state, data) -> (logs, state)
+        if keras.backend.backend() == "tensorflow" and _collective(getattr(self, "_distribute_strategy", None)):
             logs = {k: ops.reshape(v, (1,)) if len(ops.shape(v)) == 0 else v for k, v in logs.items()}
         return logs
 
