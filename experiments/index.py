@@ -5,6 +5,8 @@
     python -m experiments.index build --export EXPORT_DIR --orthophoto city.tif --stride-m 25 --out MAP.npz
     python -m experiments.index build ... --shard 0/2 --out part0.npz   (and 1/2: one process each)
     python -m experiments.index merge --out INDEX.npz part0.npz part1.npz
+    python -m experiments.index build ... --ann hnsw --out BIG.npz    (approximate search, for 10^5+ tiles)
+    python -m experiments.index ann --index INDEX.npz --ann ivfpq --out INDEX_PQ.npz   (no re-embedding)
     python -m experiments.index info --index INDEX.npz
 
 ``build`` reads aerial images from one of three sources and embeds them with the export's ``embed_aerial``
@@ -31,9 +33,16 @@ The file is written under a temporary name and renamed when complete. A long bui
 every ``--checkpoint-every`` images to ``INDEX.partial.npz`` and resumes from it when run again with the same
 export and split (the partial file is deleted when the index is complete).
 
-Search (:func:`search`) is exact: the top-K by distance 2 - 2 cos, computed with
+Search (:func:`search`) is exact by default: the top-K by distance 2 - 2 cos, computed with
 :func:`common.evaluation.search.topk_neighbours` (NumPy/TF blocks, or FAISS ``IndexFlatIP`` when it is installed and
 the gallery is large, or with ``--backend faiss``).
+
+**Approximate search** (``--ann flat|ivf|hnsw|ivfpq``, needs ``pip install faiss-cpu``): a FAISS structure is built
+over the descriptors and stored in the same ``.npz`` (:mod:`common.serving.ann`). ``localize`` then searches through
+it, re-ranks its candidates exactly, and says that the search was approximate (``localize --exact`` searches every
+descriptor instead). Parameters default to the choices measured in docs/serving.md ("Approximate search at
+scale"): ``ivf`` nlist ~ sqrt(N), nprobe nlist/32; ``hnsw`` M 32, efSearch 128; ``ivfpq`` 64-byte codes for
+4096-d. Up to ~10^5 aerials exact search is fast enough and loses nothing.
 """
 
 from __future__ import annotations
@@ -88,6 +97,24 @@ def _source(args, export):
                      "root": os.path.abspath(args.root)}
 
 
+def _ann(args):
+    """(kind, parameters) of --ann and its parameter flags, or None."""
+    given = {k: getattr(args, k) for k in ("nlist", "nprobe", "hnsw_m", "ef_search", "pq_m", "rerank")}
+    if args.ann is None:
+        named = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
+        if named:
+            raise CVGLError(f"{', '.join(named)} need --ann KIND (the approximate structure they tune)")
+        return None
+    from common.serving.ann import import_faiss
+
+    import_faiss()  # refused before any embedding
+    return args.ann, given
+
+
+def _say(line):
+    print(line, file=sys.stderr)
+
+
 def _build(args):
     from common.serving.export import load_export
     from common.serving.localize import index_source
@@ -101,6 +128,9 @@ def _build(args):
             raise CVGLError(f"{flag} must be a positive number of metres, got {value}")
     if args.tile_px is not None and not 16 <= args.tile_px <= 2048:
         raise CVGLError(f"--tile-px must be in 16..2048 pixels, got {args.tile_px}")
+    ann = _ann(args)
+    if ann and args.shard:
+        raise CVGLError("--ann applies to the whole gallery: give it to index merge, not to each --shard")
     export = load_export(args.export)
     records, description = _source(args, export)
     if args.limit:
@@ -108,7 +138,7 @@ def _build(args):
     if args.shard:
         return _build_shard(args, export, records, description)
     meta = build_index(export, records, args.out, batch_size=args.batch_size,
-                       checkpoint_every=args.checkpoint_every, description=description)
+                       checkpoint_every=args.checkpoint_every, description=description, ann=ann, say=_say)
     print(f"wrote {os.path.abspath(args.out)}: {meta['count']} aerial images of {index_source(meta)}, "
           f"{meta['descriptor_dim']}-d, model {meta.get('model')} (fingerprint {meta['fingerprint'][:12]})")
     return 0
@@ -142,8 +172,23 @@ def _build_shard(args, export, records, description):
 def _merge(args):
     from common.serving.index import merge_indexes
 
-    meta = merge_indexes(args.shards, args.out)
+    meta = merge_indexes(args.shards, args.out, ann=_ann(args), say=_say)
     print(f"wrote {os.path.abspath(args.out)}: {meta['count']} aerial images from {meta['merged_from']} shards")
+    return 0
+
+
+def _add_ann(args):
+    from common.serving.ann import describe
+    from common.serving.index import add_ann
+
+    ann = _ann(args)
+    if ann is None:
+        raise CVGLError("index ann needs --ann KIND (flat, ivf, hnsw or ivfpq)")
+    if os.path.abspath(args.out) == os.path.abspath(args.index):
+        raise CVGLError(f"--out {args.out} is the input index; write the approximate index to a new file")
+    meta = add_ann(args.index, args.out, *ann, say=_say)
+    print(f"wrote {os.path.abspath(args.out)}: {meta['count']} aerial images, "
+          f"{describe(meta['ann']['kind'], meta['ann']['params'])}")
     return 0
 
 
@@ -157,7 +202,34 @@ def _info(args):
     known = np.isfinite(idx.positions).all(axis=1).sum()
     print(f"{'positions':<15}{known} of {len(idx)} known")
     print(f"{'lat/lon':<15}{int(np.isfinite(idx.latlon).all(axis=1).sum())} of {len(idx)} known")
+    if idx.approximate:
+        from common.serving.ann import describe
+
+        a = idx.meta["ann"]
+        print(f"{'search':<15}{describe(a['kind'], a['params'])}, {a['bytes'] / 2**20:.1f} MiB, built in "
+              f"{a['build_s']} s")
+    else:
+        print(f"{'search':<15}exact")
     return 0
+
+
+def _ann_flags(p) -> None:
+    from common.serving.ann import KINDS
+
+    g = p.add_argument_group("approximate search (FAISS; see docs/serving.md for the measured recall)")
+    g.add_argument("--ann", default=None, choices=KINDS,
+                   help="add an approximate search structure: flat (exact, FAISS), ivf (k-means cells), hnsw "
+                        "(graph), ivfpq (cells + 64-byte codes, for 10^6+) (default: none, exact search)")
+    g.add_argument("--nlist", type=int, default=None,
+                   help="ivf/ivfpq: k-means cells (default: the power of two nearest sqrt(N))")
+    g.add_argument("--nprobe", type=int, default=None, help="ivf/ivfpq: cells read per query (default: nlist/32, "
+                                                            "at least 8)")
+    g.add_argument("--hnsw-m", type=int, default=None, help="hnsw: links per node (default 32)")
+    g.add_argument("--ef-search", type=int, default=None, help="hnsw: search breadth (default 128)")
+    g.add_argument("--pq-m", type=int, default=None,
+                   help="ivfpq: bytes per code, dividing the descriptor size (default: size/64, 64 for 4096-d)")
+    g.add_argument("--rerank", type=int, default=None,
+                   help="candidates re-ranked exactly per query (default 50; ivfpq 200)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,10 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "with index merge (default: the whole gallery)")
     b.add_argument("--allow-missing", action="store_true",
                    help="drop pairs or tiles whose image files are missing (default: refuse)")
+    _ann_flags(b)
     m = sub.add_parser("merge", help="join the shards of index build --shard into one index (equal to a "
                                      "one-process build)")
     m.add_argument("--out", required=True, help="index file to write (.npz)")
     m.add_argument("shards", nargs="+", help="the shard files, every one of the N")
+    _ann_flags(m)
+    a = sub.add_parser("ann", help="write a copy of an index with an approximate search structure (no "
+                                   "re-embedding)")
+    a.add_argument("--index", required=True, help="index file (.npz)")
+    a.add_argument("--out", required=True, help="index file to write (.npz)")
+    _ann_flags(a)
     i = sub.add_parser("info", help="print what an index holds")
     i.add_argument("--index", required=True, help="index file (.npz)")
     return parser
@@ -212,6 +291,8 @@ def main(argv=None):
         return _build(args)
     if args.command == "merge":
         return _merge(args)
+    if args.command == "ann":
+        return _add_ann(args)
     return _info(args)
 
 

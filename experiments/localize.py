@@ -52,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="id of the true aerial, when the query file name does not contain it")
     parser.add_argument("--backend", default="auto", choices=("auto", "numpy", "tf", "faiss"),
                         help="exact search backend (default auto: FAISS for galleries of 100k+ when installed)")
+    parser.add_argument("--exact", action="store_true",
+                        help="search every descriptor even when the index has an approximate structure (--ann) "
+                             "(default: use it)")
+    parser.add_argument("--nprobe", type=int, default=None,
+                        help="approximate ivf/ivfpq index: cells read per query (default: the index's)")
+    parser.add_argument("--ef-search", type=int, default=None,
+                        help="approximate hnsw index: search breadth (default: the index's)")
+    parser.add_argument("--rerank", type=int, default=None,
+                        help="approximate index: candidates re-ranked exactly (default: the index's)")
     parser.add_argument("--true-latlon", default=None, metavar="LAT,LON",
                         help="the query's true position in degrees (WGS 84): hits carry metres from it (default: "
                              "unknown)")
@@ -74,6 +83,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.top_k < 1:
         raise CVGLError(f"--top-k must be a positive integer, got {args.top_k}")
+    for flag, v in (("--nprobe", args.nprobe), ("--ef-search", args.ef_search), ("--rerank", args.rerank)):
+        if v is not None and v < 1:
+            raise CVGLError(f"{flag} must be a positive integer, got {v}")
     for flag, v in (("--fov", args.fov), ("--heading", args.heading)):
         if v is not None and not math.isfinite(v):
             raise CVGLError(f"{flag} must be a finite number of degrees, got {v}")
@@ -91,11 +103,24 @@ def main(argv=None):
     index = load_index(args.index)
     export = load_export(args.export)
     check_compatible(index, export)
+    ann_params = {"nprobe": args.nprobe, "ef_search": args.ef_search, "rerank": args.rerank}
+    given = [f"--{k.replace('_', '-')}" for k, v in ann_params.items() if v is not None]
+    if given and (not index.approximate or args.exact):
+        raise CVGLError(f"{', '.join(given)} tune an approximate index; {args.index} is searched exactly"
+                        + (" (--exact)" if args.exact else " (it was built without --ann)"))
+    kind = index.meta["ann"]["kind"] if index.approximate else None
+    from common.serving.ann import PARAMS
+
+    wrong = [f for f, key in (("--nprobe", "nprobe"), ("--ef-search", "ef_search")) if ann_params[key] is not None
+             and kind is not None and key not in PARAMS[kind]]
+    if wrong:
+        raise CVGLError(f"{', '.join(wrong)} does not apply to this index's --ann {kind}")
     true_id = args.true_id or find_true_id(args.query, index.ids)
     say = lambda line: print(line, file=sys.stderr)  # noqa: E731
     result = localize(export, index, image, k=min(args.top_k, len(index)), true_id=true_id, backend=args.backend,
                       say=say, fov=args.fov, heading=args.heading, n_headings=args.headings,
-                      projection=args.projection, true_latlon=true_latlon)
+                      projection=args.projection, true_latlon=true_latlon, exact=args.exact,
+                      ann_params=ann_params)
     result.update(query=os.path.abspath(args.query), index=index.path, export=export.path,
                   model=export.meta.get("name"))
     print(f"query {args.query} -> top {len(result['hits'])} of {len(index)} aerial images "

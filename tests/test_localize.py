@@ -96,6 +96,45 @@ def test_localize_command_finds_held_out_pair_in_top5(world, tmp_path, capsys):
 
 
 @pytest.mark.slow  # the module's world: a stand-in trained 30 epochs, exported, indexed (~30 s)
+def test_an_approximate_index_says_so_and_agrees_with_exact_search(world, tmp_path, capsys):
+    """index ann (no re-embedding) + localize: the same hits as exact search on this small gallery (HNSW visits
+    every node of 16), a line saying the search was approximate, and --exact to search every descriptor."""
+    pytest.importorskip("faiss")
+    approx = str(tmp_path / "hnsw.npz")
+    assert index_cli.main(["ann", "--index", world["index"], "--ann", "hnsw", "--out", approx]) == 0
+    assert index_cli.main(["info", "--index", approx]) == 0
+    assert "approximate search (--ann hnsw: hnsw_m 32" in capsys.readouterr().out
+    rec = read_split("cvusa", world["root"], "val")[QUERY]
+    stem = os.path.splitext(os.path.basename(rec.ground))[0]
+    results = {}
+    for name, index, extra in (("exact", world["index"], []), ("ann", approx, []), ("forced", approx, ["--exact"])):
+        out = tmp_path / name
+        assert localize_cli.main(["--export", world["export"], "--index", index, "--query", rec.ground,
+                                  "--out", str(out)] + extra) == 0
+        results[name] = (json.loads((out / f"{stem}.json").read_text()), capsys.readouterr().out)
+    hits = {n: [(h["id"], round(h["distance"], 6)) for h in r[0]["hits"]] for n, r in results.items()}
+    assert hits["ann"] == hits["exact"] == hits["forced"]
+    assert results["ann"][0]["search"] == {"approximate": True, "kind": "hnsw",
+                                           "params": {"hnsw_m": 32, "ef_construction": 80, "ef_search": 128,
+                                                      "rerank": 50}}
+    assert "approximate search (--ann hnsw" in results["ann"][1] and "--exact searches every" in results["ann"][1]
+    assert "approximate search" not in results["forced"][1] and results["forced"][0]["search"] == {"approximate": False}
+    assert results["ann"][0]["true_rank"] == results["exact"][0]["true_rank"]  # always exact
+    base = ["--export", world["export"], "--query", rec.ground, "--out", str(tmp_path / "o")]
+    with pytest.raises(CVGLError, match="--nprobe does not apply to this index's --ann hnsw"):
+        localize_cli.main(base + ["--index", approx, "--nprobe", "4"])
+    with pytest.raises(CVGLError, match="--ef-search tune an approximate index; .* built without --ann"):
+        localize_cli.main(base + ["--index", world["index"], "--ef-search", "4"])
+    with pytest.raises(CVGLError, match="needs at least 624 references"):  # 16 cells x 39 > the 16 val aerials
+        index_cli.main(["ann", "--index", world["index"], "--ann", "ivf", "--nlist", "16",
+                        "--out", str(tmp_path / "ivf.npz")])
+    with pytest.raises(CVGLError, match="--nprobe need --ann KIND"):
+        index_cli.main(["ann", "--index", world["index"], "--nprobe", "4", "--out", str(tmp_path / "x.npz")])
+    with pytest.raises(CVGLError, match="is the input index"):
+        index_cli.main(["ann", "--index", approx, "--ann", "flat", "--out", approx])
+
+
+@pytest.mark.slow  # the module's world: a stand-in trained 30 epochs, exported, indexed (~30 s)
 def test_most_held_out_pairs_are_in_top5(world):
     """The whole val split through the library function: far above chance (5/16 = 31 %)."""
     export, idx = load_export(world["export"]), index_lib.load_index(world["index"])

@@ -89,13 +89,15 @@ def _latlon_or_none(index, j):
 
 def localize(export, index, image: np.ndarray, k: int = 5, true_id: str | None = None, backend: str = "auto",
              say=None, fov=None, heading=None, n_headings: int = 12, projection: str = "pinhole",
-             true_latlon=None):
+             true_latlon=None, exact: bool = False, ann_params: dict | None = None):
     """Top-k of one uint8 (H, W, 3) query: a dict with the hits (rank, id, position, lat/lon, distance) and,
     when ``true_id`` is in the index, its rank (1-based: one plus the number of aerials strictly closer).
 
     ``fov`` / ``heading`` / ``n_headings`` / ``projection``: a limited field-of-view photo (:func:`query_views`);
     with several candidate headings an aerial's similarity is its best over them, and each hit records the
-    heading that gave it. ``true_latlon``: the query's true (lat, lon); hits then carry metres from it."""
+    heading that gave it. ``true_latlon``: the query's true (lat, lon); hits then carry metres from it.
+    An index with an approximate structure is searched through it (unless ``exact``; ``ann_params`` override its
+    query-time parameters) and the result's ``search`` says so; the true match's rank is always exact."""
     from common.geo import haversine_m
     from common.serving.index import check_compatible, search
 
@@ -104,8 +106,10 @@ def localize(export, index, image: np.ndarray, k: int = 5, true_id: str | None =
     q = np.asarray(export.embed_ground(np.stack(views)), np.float32)  # (T, d)
     best = {}  # aerial -> (similarity, heading index): the top-k of the best over headings is in the union
     for t in range(len(tried)):
-        idx, dist = search(index, q[t:t + 1], k, backend=backend)
+        idx, dist = search(index, q[t:t + 1], k, backend=backend, exact=exact, ann_params=ann_params)
         for j, d in zip(idx[0], dist[0]):
+            if j < 0:  # an approximate structure that returned fewer than k candidates
+                continue
             sim = 1.0 - float(d) / 2.0
             if int(j) not in best or sim > best[int(j)][0]:
                 best[int(j)] = (sim, t)
@@ -125,7 +129,14 @@ def localize(export, index, image: np.ndarray, k: int = 5, true_id: str | None =
         if tried[best[j][1]] is not None:
             hit["heading"] = tried[best[j][1]]
         hits.append(hit)
-    out = {"hits": hits, "true_id": true_id, "true_rank": None, "top1_error_m": None,
+    approximate = index.approximate and not exact
+    if approximate:
+        a = index.meta["ann"]
+        params = {**a["params"], **{k_: v for k_, v in (ann_params or {}).items() if v is not None}}
+        search_info = {"approximate": True, "kind": a["kind"], "params": params}
+    else:
+        search_info = {"approximate": False}
+    out = {"hits": hits, "true_id": true_id, "true_rank": None, "top1_error_m": None, "search": search_info,
            "view": {"fov": fov, "projection": projection if fov is not None else None,
                     "headings_tried": [t for t in tried if t is not None] or None,
                     "heading": hits[0].get("heading") if hits else None}}
@@ -134,7 +145,7 @@ def localize(export, index, image: np.ndarray, k: int = 5, true_id: str | None =
         where = [i for i, x in enumerate(index.ids) if x == true_id]
         if where:
             t = where[0]
-            out["true_rank"] = int(np.sum(sims > sims[t])) + 1  # 1-based, ties favour the true match
+            out["true_rank"] = int(np.sum(sims > sims[t])) + 1  # 1-based, ties favour the true match; exact
             out["true_distance"] = float(2.0 - 2.0 * sims[t])
             out["true_aerial"] = index.aerial_paths[t]
             p_true, p_top = index.positions[t], index.positions[order[0]]
@@ -195,6 +206,12 @@ def format_hits(result: dict) -> str:
         lines.append(f"top-1 at lat {lat:.6f}, lon {lon:.6f}")
     if result["top1_error_m"] is not None:
         lines.append(f"top-1 is {result['top1_error_m']:.1f} m from the true position")
+    search = result.get("search") or {}
+    if search.get("approximate"):
+        from common.serving.ann import describe
+
+        lines.append(f"{describe(search['kind'], search['params'])}: the nearest aerials may be missed "
+                     "(recall in docs/serving.md); --exact searches every descriptor")
     view = result.get("view") or {}
     if view.get("fov") is not None:
         tried = view.get("headings_tried") or []
