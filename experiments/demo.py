@@ -112,6 +112,8 @@ def build_parser():
     p.add_argument("--skip-export", action="store_true", help="do not export / localise")
     p.add_argument("--map-queries", type=int, default=MAP_QUERIES,
                    help="new panoramas of city A localised on its orthophoto (default %(default)s)")
+    p.add_argument("--map-stride-m", type=float, default=MAP_STRIDE_M,
+                   help="metres between the map's tile centres (default %(default)s: 625 tiles of the 400 m map)")
     return p
 
 
@@ -415,6 +417,9 @@ def main(argv=None) -> int:
         args.train, args.val_a, args.val_b, args.epochs, args.map_queries = 64, 16, 100, 1, 5
     if args.map_queries < 1:
         raise CVGLError(f"--map-queries must be >= 1, got {args.map_queries}")
+    if not (args.map_stride_m > 0 and args.map_stride_m <= MAP_EXTENT_M - AERIAL_EXTENT_M):
+        raise CVGLError(f"--map-stride-m must be in (0, {MAP_EXTENT_M - AERIAL_EXTENT_M:g}] metres, got "
+                        f"{args.map_stride_m}")
     if args.train < 32 or args.val_a < 2 or args.val_b < 2 or (args.epochs is not None and args.epochs < 1):
         raise CVGLError("--train must be >= 32 (one batch), --val-a/--val-b >= 2 and --epochs >= 1")
     out = os.path.abspath(args.out)
@@ -502,7 +507,7 @@ def main(argv=None) -> int:
                      f"city-A val aerials ({'in' if loc['true_rank'] <= 5 else 'NOT in'} the top 5)")
             if entry["export"].get("status") == "done":
                 mp = localise_on_map(entry["export"]["export"], seeds[0], os.path.join(out, "data", "map_a"),
-                                     run_dir, n_queries=args.map_queries)
+                                     run_dir, n_queries=args.map_queries, stride_m=args.map_stride_m)
                 entry["map"] = mp
                 _say(f"  map of city A ({mp['tiles']} tiles of {mp['tile_m']:g} m every {mp['stride_m']:g} m): "
                      f"{mp['inside_top1_tile']:.0f} % of {mp['queries']} new panoramas inside their top-1 tile, "

@@ -20,7 +20,7 @@ def test_demo_end_to_end_reduced(tmp_path):
 
     out = tmp_path / "demo"
     args = ["--out", str(out), "--models", "mgtl", "--train", "128", "--val-a", "16", "--val-b", "50",
-            "--epochs", "4", "--workers", "1", "--map-queries", "3"]
+            "--epochs", "4", "--workers", "1", "--map-queries", "3", "--map-stride-m", "50"]
     assert demo.main(args) == 0
 
     results = json.loads((out / "demo_results.json").read_text())
@@ -48,8 +48,8 @@ def test_demo_end_to_end_reduced(tmp_path):
     assert loc["true_rank"] <= 5, f"true match ranked {loc['true_rank']} of 16"
     assert any(h["true_match"] for h in loc["hits"])
     assert any(f.endswith(".png") for f in os.listdir(run / "localize"))
-    mp = entry["map"]  # the map path: city A's orthophoto, 625 tiles, 3 new panoramas localised in lat/lon
-    assert mp["tiles"] == 625 and mp["queries"] == 3 and 0 <= mp["inside_top1_tile"] <= 100
+    mp = entry["map"]  # the map path: city A's orthophoto, 36 tiles every 50 m, 3 new panoramas in lat/lon
+    assert mp["tiles"] == 36 and mp["stride_m"] == 50 and mp["queries"] == 3 and 0 <= mp["inside_top1_tile"] <= 100
     assert 0 < mp["chance_inside_top1_tile"] < 100 and mp["median_error_m"] >= 0
     located = json.loads((run / "localize_map" / "q00001.json").read_text())
     assert located["true_latlon"] and all(h["latlon"] and h["metres_from_true"] is not None for h in located["hits"])

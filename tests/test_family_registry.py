@@ -66,6 +66,16 @@ def test_a_family_module_that_fails_to_import_is_named(monkeypatch):
         registry.get_family("nope")
 
 
+def test_a_family_module_named_again_after_an_unregister_is_registered_again(standin):
+    """A module imports once; naming it again (CVGL_FAMILIES in a later command of the same process, as the
+    docs tests do) must bring back the families it registered, not find the import a no-op."""
+    registry.add_family_modules([standin.__name__])
+    assert "standin" in registry.families()
+    registry.unregister_family("standin")
+    registry.add_family_modules([standin.__name__])
+    assert registry.families()["standin"] is standin.FAMILY
+
+
 # ------------------------------------------------------------------------------------- the stand-in family
 @pytest.mark.slow
 def test_a_new_family_goes_through_every_command(standin, tmp_path, capsys):

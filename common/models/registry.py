@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import sys
 from typing import Callable, Mapping, Optional
 
 from common.errors import CVGLError
@@ -72,6 +73,7 @@ class Family:
 _FAMILIES: dict = {}
 _PENDING: list = []  # module names registered lazily, imported on the first query
 _FAILED: dict = {}  # module -> reason, for the error message of a lookup that misses
+_EVER: dict = {}  # name -> every family registered in this process (an unregistered one may be named again)
 
 
 def _install_spec_loader() -> None:
@@ -96,6 +98,7 @@ def register_family(family: Family) -> Family:
     for spec in family.input_specs:
         register_spec(spec)
     _FAMILIES[family.name] = family
+    _EVER[family.name] = family
     return family
 
 
@@ -121,6 +124,12 @@ def add_env_family_modules(var: str = "CVGL_FAMILIES") -> None:
 def _load_pending() -> None:
     while _PENDING:
         module = _PENDING.pop(0)
+        if module in sys.modules:  # imported before: a second import runs nothing, so register its families again
+            for family in _EVER.values():
+                home = getattr(family.build_model, "__module__", "") or ""
+                if family.name not in _FAMILIES and (home == module or home.startswith(module + ".")):
+                    register_family(family)
+            continue
         try:
             importlib.import_module(module)
         except ImportError as exc:
