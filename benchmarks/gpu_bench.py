@@ -41,7 +41,6 @@ import numpy as np  # noqa: E402
 CONFIGS = ("geodtr_cvusa_polar_ls", "mgtl_cvusa_full", "safa_cvusa")
 PRECISIONS = ("off", "bfloat16")
 MATMUL = {"off": "float32", "bfloat16": "bfloat16"}
-REFERENCE_SIZE = (122, 671)  # the official GeoDTR's layout extractor is sized for it (8 x 42 = 336 positions)
 
 
 def build_parser():
@@ -82,41 +81,11 @@ def _reference(ref_dir, precision, batch, args):
     if not (ref_dir and os.path.isfile(os.path.join(ref_dir, "GeoDTR.py"))):
         return "no --reference checkout with GeoDTR.py"
     import torch
-    import torchvision.models as tv
+
+    from benchmarks._official_geodtr import official_step
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.manual_seed(0)
-    original = tv.resnet34
-    tv.resnet34 = lambda *a, **k: original(weights=None)  # the checkout asks for ImageNet weights: no download
-    sys.path.insert(0, os.path.abspath(ref_dir))
-    try:
-        from GeoDTR import GeoDTR
-        from utils import CFLoss, softMarginTripletLoss
-
-        model = GeoDTR(n_des=8, tr_heads=4, tr_layers=2, dropout=0.3, d_hid=2048, is_polar=True)
-    finally:
-        sys.path.pop(0)
-        tv.resnet34 = original
-    model = model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.03, eps=1e-6)
-    h, w = REFERENCE_SIZE
-    g = torch.Generator().manual_seed(0)
-    sat = (torch.rand(batch, 3, h, w, generator=g) * 2 - 1).to(device)
-    grd = (torch.rand(batch, 3, h, w, generator=g) * 2 - 1).to(device)
-    use_bf16 = precision == "bfloat16"
-
-    def step():
-        opt.zero_grad()
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16):
-            s, gr, fs, fg = model(sat, grd, True)
-            loss = softMarginTripletLoss(sate_vecs=s, pano_vecs=gr, loss_weight=10.0)
-            loss = loss + (CFLoss(s, fs) + CFLoss(gr, fg)) / 2.0
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return float(loss.detach())
+    step, _ = official_step(ref_dir, batch, precision, device)
 
     for _ in range(args.warmup):
         step()

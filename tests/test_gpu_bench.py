@@ -26,3 +26,21 @@ def test_gpu_benchmark_runs_at_smoke_size(tmp_path):
     row = result["rows"][0]
     assert result["smoke"] and row["batch"] == 2 and row["step_s"] > 0 and row["pairs_s"] > 0
     assert result["matmul_flops"]["off"] > 0
+
+
+def test_the_side_by_side_benchmark_says_what_it_lacks(tmp_path):
+    """benchmarks/official_bench.py needs a checkout of the official code and an interpreter with PyTorch; without
+    them it names what is missing and how to get it, before any work."""
+    from benchmarks import official_bench
+
+    assert "git clone https://github.com/zxh009123/GeoDTR" in official_bench.check_reference(None, sys.executable)
+    (tmp_path / "GeoDTR.py").write_text("")
+    (tmp_path / "utils.py").write_text("")
+    assert "--torch-python must name" in official_bench.check_reference(str(tmp_path), None)
+    no_torch = tmp_path / "python-without-torch"
+    no_torch.write_text("#!/bin/sh\nexit 1\n")
+    no_torch.chmod(0o755)
+    assert "cannot import torch" in official_bench.check_reference(str(tmp_path), str(no_torch))
+    done = subprocess.run([sys.executable, "-m", "benchmarks.official_bench"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--reference must name" in done.stderr
