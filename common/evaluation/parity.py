@@ -14,6 +14,7 @@ import yaml
 
 from common.errors import CVGLError, require_file
 from common.models.config import config_paths
+from common.synthetic import is_synthetic_root
 
 
 METRICS = ("R@1", "R@5", "R@10", "R@1%")
@@ -181,7 +182,7 @@ def format_report(report: list, config: str | None = None) -> str:
             lines.append("")
             continue
         lines.append(f"  paper: {row['paper']}, {row['table']}, row \"{row['row']}\"")
-        if ev.get("root") and os.path.isfile(os.path.join(ev["root"], "synth.json")):
+        if is_synthetic_root(ev.get("root")):
             lines.append("  note: these results are on a synthetic world, not the paper's data: not comparable")
         lines.append(f"  {'metric':<8}{'ours':>9}{'paper':>9}{'diff':>9}")
         for m in METRICS:

@@ -31,6 +31,7 @@ import shutil
 import numpy as np
 
 from common.errors import CVGLError
+from common.synthetic import is_synthetic_root
 
 FORMAT_VERSION = 1
 ENDPOINTS = ("embed_ground", "embed_aerial")
@@ -283,10 +284,6 @@ def load_export(export_dir: str, verify: bool = True) -> Export:
     return Export(export_dir, loaded, meta)
 
 
-def _is_synthetic(root) -> bool:
-    return bool(root) and os.path.isfile(os.path.join(str(root), "synth.json"))
-
-
 def model_card(meta: dict, cfg: dict, results) -> str:
     """MODEL_CARD.md: what the model is, what it was trained and evaluated on, how to call it.
 
@@ -298,7 +295,7 @@ def model_card(meta: dict, cfg: dict, results) -> str:
     source = cfg.get("source") or {}
     evaluations = results if isinstance(results, list) else [results] if results is not None else []
     primary = evaluations[0] if evaluations and isinstance(evaluations[0], dict) else None
-    synthetic = bool(primary and (primary.get("synthetic") or _is_synthetic(primary.get("root"))))
+    synthetic = bool(primary and (primary.get("synthetic") or is_synthetic_root(primary.get("root"))))
     lines = [
         f"# Model card: {meta.get('name') or 'cross-view model'}",
         "",
@@ -362,7 +359,7 @@ def model_card(meta: dict, cfg: dict, results) -> str:
         for item in report:
             ev, row = item["evaluation"], item["paper"]
             vals = [f"{ev['metrics'][m]:.2f}" if m in ev["metrics"] else "-" for m in METRICS]
-            if _is_synthetic(ev.get("root")) or (synthetic and ev.get("root") is None):
+            if is_synthetic_root(ev.get("root")) or (synthetic and ev.get("root") is None):
                 paper = "not comparable (synthetic world)"
             else:
                 paper = f"{row['metrics']['R@1']:.2f}" if row and "R@1" in row["metrics"] else "-"

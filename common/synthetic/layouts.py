@@ -39,6 +39,7 @@ import numpy as np
 from common.errors import CVGLError
 from common.synthetic import render as Rd
 from common.synthetic.world import City
+from common.synthetic.world import keyed_rng as _rng
 
 LAYOUTS = {
     # aerial size (px), panorama (H, W), vertical field of view (None: square pixels, 360 H / W)
@@ -48,10 +49,6 @@ LAYOUTS = {
 AERIAL_EXTENT_M = 150.0  # ground width of one aerial image (CVUSA-like 0.2 m/px at 750 px)
 MANIFEST = "synth.json"
 FORMAT_VERSION = 1
-
-
-def _rng(*key):
-    return np.random.default_rng([int(k) & 0xFFFFFFFF for k in key])
 
 
 # ------------------------------------------------------------------------------------------- one pair

@@ -35,14 +35,11 @@ from common.errors import CVGLError
 from common.synthetic import render as Rd
 from common.synthetic.layouts import AERIAL_EXTENT_M, atomic_write, encode_jpeg, render_pair
 from common.synthetic.world import City
+from common.synthetic.world import keyed_rng as _rng
 
 MANIFEST = "orthophoto.json"
 FORMAT_VERSION = 1
 QUERY_KEY = 0x0E7A0000  # pair keys of the queries: far from any split's pair index
-
-
-def _rng(*key):
-    return np.random.default_rng([int(k) & 0xFFFFFFFF for k in key])
 
 
 def utm_zone(seed: int) -> int:

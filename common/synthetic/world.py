@@ -33,8 +33,12 @@ N_MATERIALS = 10
 ROAD_EXTENT_M = 30000.0  # road lines are drawn for |u|, |v| below this
 
 
-def _rng(*key) -> np.random.Generator:
+def keyed_rng(*key) -> np.random.Generator:
+    """The world's random streams: one generator per key (seed, purpose, index ...), independent of call order."""
     return np.random.default_rng([int(k) & 0xFFFFFFFF for k in key])
+
+
+_rng = keyed_rng
 
 
 def _hsv(h, s, v):

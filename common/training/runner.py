@@ -47,6 +47,7 @@ import keras
 import yaml
 
 from common.data.specs import get_spec
+from common.synthetic import is_synthetic_root
 from common.errors import CVGLError
 from common.data.augment import azimuth_roll, colour_shuffle
 from common.training import callbacks as cb
@@ -460,7 +461,7 @@ def _results(cfg, cfg_hash, state, data, epochs, elapsed, policy, strategy, repl
         "protocol": "index",
         "val_note": data.val_note,
         "root": data.root,
-        "synthetic": bool(data.root and os.path.isfile(os.path.join(data.root, "synth.json"))),
+        "synthetic": is_synthetic_root(data.root),
         "metrics": metrics,
         "best_epoch": state.best_epoch,
         "selected_by": state.monitor,
