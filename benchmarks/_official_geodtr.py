@@ -6,9 +6,9 @@ The model is ``GeoDTR.py`` of a checkout of the official code (``--reference``),
 forward, soft-margin triplet loss (weight 10) + counterfactual loss, ``clip_grad_norm_`` 1.0, AdamW (lr 1e-4,
 weight decay 0.03, eps 1e-6).
 
-As a script (``official_bench``'s child): ``python _official_geodtr.py REFERENCE BATCHES.npz STEPS THREADS``
-prints one JSON line: first step seconds (everything from the first call), the median of STEPS further steps,
-the losses, and the peak RSS.
+As a script (``official_bench``'s child): ``python _official_geodtr.py REFERENCE BATCHES.npz STEPS THREADS
+[BREAKDOWN]`` prints one JSON line: first step seconds (from before ``import torch``), the median of STEPS
+further steps, the losses, the peak RSS, and with BREAKDOWN 1 the median forward and forward + backward alone.
 """
 
 from __future__ import annotations
@@ -66,10 +66,21 @@ def official_step(ref_dir: str, batch: int, precision: str = "off", device: str 
             torch.cuda.synchronize()
         return float(loss.detach())
 
+    def forward():
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16):
+            s, gr, fs, fg = model(current["sat"], current["grd"], True)
+            loss = softMarginTripletLoss(sate_vecs=s, pano_vecs=gr, loss_weight=10.0)
+            return loss + (CFLoss(s, fs) + CFLoss(gr, fg)) / 2.0
+
+    def forward_backward():
+        opt.zero_grad()
+        forward().backward()
+
+    step.forward, step.forward_backward = forward, forward_backward  # the breakdown's parts (no update)
     return step, set_batch
 
 
-def _child(ref_dir, batches_path, steps, threads):
+def _child(ref_dir, batches_path, steps, threads, breakdown=False):
     t0 = time.perf_counter()  # the first step counts from here, before import torch (ours: before import keras)
     import numpy as np
     import torch
@@ -85,10 +96,21 @@ def _child(ref_dir, batches_path, steps, threads):
         t = time.perf_counter()
         losses.append(step())
         times.append(time.perf_counter() - (t0 if i == 0 else t))
-    return {"side": "official", "first_step_s": times[0], "step_s": float(np.median(times[1:])),
-            "steps": steps, "losses": losses, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "threads": threads}
+    out = {"side": "official", "first_step_s": times[0], "step_s": float(np.median(times[1:])),
+           "steps": steps, "losses": losses, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+           "threads": threads}
+    if breakdown:
+        for name, fn in (("forward_s", step.forward), ("forward_backward_s", step.forward_backward)):
+            fn()
+            took = []
+            for _ in range(steps):
+                t = time.perf_counter()
+                fn()
+                took.append(time.perf_counter() - t)
+            out[name] = float(np.median(took))
+    return out
 
 
 if __name__ == "__main__":
-    print(json.dumps(_child(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))
+    print(json.dumps(_child(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
+                            len(sys.argv) > 5 and sys.argv[5] == "1")))

@@ -40,8 +40,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def ours_child(batches_path: str, steps: int) -> dict:
-    """Our side (its own process): build, compile, first step, then the median of ``steps`` steps."""
+def ours_child(batches_path: str, steps: int, breakdown: bool = False) -> dict:
+    """Our side (its own process): build, compile, first step, then the median of ``steps`` steps; with
+    ``breakdown``, also the median forward (training mode, loss included) and forward + backward (gradients of
+    every trainable weight, no update) as their own compiled functions, after one untimed call each."""
     import warnings
 
     t0 = time.perf_counter()  # the first step counts from here (the official side: from before import torch)
@@ -70,8 +72,34 @@ def ours_child(batches_path: str, steps: int) -> dict:
         loss = model.train_on_batch(batch)
         losses.append(float(np.asarray(loss if not isinstance(loss, (list, tuple)) else loss[0])))
         times.append(time.perf_counter() - (t0 if i == 0 else t))
-    return {"side": "ours", "first_step_s": times[0], "step_s": float(np.median(times[1:])), "steps": steps,
-            "losses": losses, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    out = {"side": "ours", "first_step_s": times[0], "step_s": float(np.median(times[1:])), "steps": steps,
+           "losses": losses, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    if breakdown:
+        import tensorflow as tf
+
+        def loss_of(x):
+            return model.compute_loss(x=x, y_pred=model(x, training=True))
+
+        @tf.function
+        def forward(x):
+            return loss_of(x)
+
+        @tf.function
+        def forward_backward(x):
+            with tf.GradientTape() as tape:
+                loss = loss_of(x)
+            return tape.gradient(loss, model.trainable_variables)
+
+        batch = {"ground": tf.constant(ground[0]), "aerial": tf.constant(aerial[0])}
+        for name, fn in (("forward_s", forward), ("forward_backward_s", forward_backward)):
+            tf.nest.map_structure(np.asarray, fn(batch))
+            took = []
+            for _ in range(steps):
+                t = time.perf_counter()
+                tf.nest.map_structure(np.asarray, fn(batch))
+                took.append(time.perf_counter() - t)
+            out[name] = float(np.median(took))
+    return out
 
 
 def _env(threads: int) -> dict:
@@ -113,14 +141,26 @@ def make_batches(path: str, batch: int, count: int, seed: int = 0) -> None:
              ground=rng.uniform(-1, 1, (count, batch, *spec.ground_size, 3)).astype(np.float32))
 
 
+def _split(side: dict) -> dict:
+    """Backward = (forward + backward) - forward; update = step - (forward + backward): the optimizer and
+    clipping (0 when the separate timings leave nothing for it)."""
+    if "forward_backward_s" in side:
+        side = dict(side, backward_s=side["forward_backward_s"] - side["forward_s"],
+                    update_s=max(0.0, side["step_s"] - side["forward_backward_s"]))
+    return side
+
+
 def format_table(rows) -> str:
     lines = ["| batch | what | ours | official | ratio |", "|---|---|---|---|---|"]
     for r in rows:
-        o, t = r["ours"], r["official"]
-        for key, label, unit in (("step_s", "training step", "s"), ("first_step_s", "first step (cold)", "s"),
-                                 ("peak_rss_gib", "peak RSS", "GiB")):
-            lines.append(f"| {r['batch']} | {label} | {o[key]:.2f} {unit} | {t[key]:.2f} {unit} | "
-                         f"**{o[key] / t[key]:.2f}** |")
+        o, t = _split(r["ours"]), _split(r["official"])
+        for key, label, unit in (("step_s", "training step", "s"), ("forward_s", "of which forward", "s"),
+                                 ("backward_s", "of which backward", "s"), ("update_s", "of which update", "s"),
+                                 ("first_step_s", "first step (cold)", "s"), ("peak_rss_gib", "peak RSS", "GiB")):
+            if key not in o:
+                continue
+            ratio = f"**{o[key] / t[key]:.2f}**" if t[key] > 0 else "-"
+            lines.append(f"| {r['batch']} | {label} | {o[key]:.2f} {unit} | {t[key]:.2f} {unit} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -136,15 +176,18 @@ def build_parser():
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds per side (default %(default)s)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                    help="threads for each side (default: every core of this process, %(default)s)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time the forward pass and forward + backward alone (no update), each side "
+                        "(default: off)")
     p.add_argument("--json", default=None, help="write the rows as JSON to this file (default: none)")
-    p.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.child:
-        print(json.dumps(ours_child(args.child[0], int(args.child[1]))))
+        print(json.dumps(ours_child(args.child[0], int(args.child[1]), args.child[2] == "1")))
         return 0
     why = check_reference(args.reference, args.torch_python)
     if why:
@@ -162,21 +205,23 @@ def main(argv=None) -> int:
             for r in range(args.rounds):
                 say(f"batch {b}, round {r + 1}/{args.rounds}: ours ...")
                 got["ours"].append(_run([sys.executable, "-m", "benchmarks.official_bench", "--child", path,
-                                         str(args.steps)], args.threads, "ours"))
+                                         str(args.steps), str(int(args.breakdown))], args.threads, "ours"))
                 say(f"batch {b}, round {r + 1}/{args.rounds}: official ...")
                 got["official"].append(_run([args.torch_python, os.path.join(HERE, "_official_geodtr.py"),
                                              os.path.abspath(args.reference), path, str(args.steps),
-                                             str(args.threads)], args.threads, "official"))
-            best = {side: {key: min(x[key] for x in runs) for key in ("step_s", "first_step_s", "peak_rss_gib")}
-                    for side, runs in got.items()}
+                                             str(args.threads), str(int(args.breakdown))], args.threads,
+                                            "official"))
+            keys = ("step_s", "first_step_s", "peak_rss_gib") + (("forward_s", "forward_backward_s")
+                                                                  if args.breakdown else ())
+            best = {side: {key: min(x[key] for x in runs) for key in keys} for side, runs in got.items()}
             rows.append({"batch": b, **best, "rounds": got})
-    print(f"GeoDTR ({CONFIG}, random weights), {args.threads} threads each, best of {args.rounds} alternating "
-          f"rounds, {args.steps} timed steps after the first")
-    print(format_table(rows))
-    if args.json:
+    if args.json:  # first: a table that fails to print loses nothing
         from common.files import write_json
 
         write_json(args.json, {"threads": args.threads, "steps": args.steps, "rows": rows})
+    print(f"GeoDTR ({CONFIG}, random weights), {args.threads} threads each, best of {args.rounds} alternating "
+          f"rounds, {args.steps} timed steps after the first")
+    print(format_table(rows))
     return 0
 
 

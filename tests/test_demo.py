@@ -48,8 +48,8 @@ def test_demo_end_to_end_reduced(tmp_path):
     assert loc["true_rank"] <= 5, f"true match ranked {loc['true_rank']} of 16"
     assert any(h["true_match"] for h in loc["hits"])
     assert any(f.endswith(".png") for f in os.listdir(run / "localize"))
-    mp = entry["map"]  # the map path: city A's orthophoto, 36 tiles every 50 m, 3 new panoramas in lat/lon
-    assert mp["tiles"] == 36 and mp["stride_m"] == 50 and mp["queries"] == 3 and 0 <= mp["inside_top1_tile"] <= 100
+    mp = entry["map"]  # the map path: city A's orthophoto, 25 tiles every 50 m, 3 new panoramas in lat/lon
+    assert mp["tiles"] == 25 and mp["stride_m"] == 50 and mp["queries"] == 3 and 0 <= mp["inside_top1_tile"] <= 100
     assert 0 < mp["chance_inside_top1_tile"] < 100 and mp["median_error_m"] >= 0
     located = json.loads((run / "localize_map" / "q00001.json").read_text())
     assert located["true_latlon"] and all(h["latlon"] and h["metres_from_true"] is not None for h in located["hits"])
