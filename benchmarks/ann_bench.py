@@ -132,6 +132,7 @@ def real_rows(index_path, export_path, queries_csv, kinds, say, sweep=True):
     import csv
 
     from common.data.images import read_rgb
+    from common.errors import CVGLError
     from common.evaluation.search import topk_neighbours
     from common.serving import ann as A
     from common.serving.export import load_export
@@ -153,7 +154,7 @@ def real_rows(index_path, export_path, queries_csv, kinds, say, sweep=True):
     for kind in kinds:
         try:
             params = A.resolve_params(kind, n, dim)
-        except Exception as exc:  # noqa: BLE001 - a gallery too small for PQ: reported, not fatal
+        except CVGLError as exc:  # a gallery too small for PQ: reported, not fatal
             rows.append({"kind": kind, "n": n, "dim": dim, "skipped": str(exc)})
             continue
         structure, build_s = A.build_ann(refs, kind, params)
@@ -174,7 +175,7 @@ def real_rows(index_path, export_path, queries_csv, kinds, say, sweep=True):
 
 
 def _params(p):
-    return " ".join(f"{k}={v}" for k, v in p.items() if k != "n") or "-"
+    return " ".join(f"{k}={v}" for k, v in p.items()) or "-"
 
 
 def format_random(rows) -> str:

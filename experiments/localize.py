@@ -83,9 +83,6 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.top_k < 1:
         raise CVGLError(f"--top-k must be a positive integer, got {args.top_k}")
-    for flag, v in (("--nprobe", args.nprobe), ("--ef-search", args.ef_search), ("--rerank", args.rerank)):
-        if v is not None and v < 1:
-            raise CVGLError(f"{flag} must be a positive integer, got {v}")
     for flag, v in (("--fov", args.fov), ("--heading", args.heading)):
         if v is not None and not math.isfinite(v):
             raise CVGLError(f"{flag} must be a finite number of degrees, got {v}")
@@ -108,13 +105,10 @@ def main(argv=None):
     if given and (not index.approximate or args.exact):
         raise CVGLError(f"{', '.join(given)} tune an approximate index; {args.index} is searched exactly"
                         + (" (--exact)" if args.exact else " (it was built without --ann)"))
-    kind = index.meta["ann"]["kind"] if index.approximate else None
-    from common.serving.ann import PARAMS
+    if index.approximate and not args.exact:
+        from common.serving.ann import query_params
 
-    wrong = [f for f, key in (("--nprobe", "nprobe"), ("--ef-search", "ef_search")) if ann_params[key] is not None
-             and kind is not None and key not in PARAMS[kind]]
-    if wrong:
-        raise CVGLError(f"{', '.join(wrong)} does not apply to this index's --ann {kind}")
+        query_params(index.meta["ann"]["kind"], index.meta["ann"]["params"], ann_params)  # refused before embedding
     true_id = args.true_id or find_true_id(args.query, index.ids)
     say = lambda line: print(line, file=sys.stderr)  # noqa: E731
     result = localize(export, index, image, k=min(args.top_k, len(index)), true_id=true_id, backend=args.backend,

@@ -128,16 +128,12 @@ def _train_sample(embeddings: np.ndarray, size: int, seed: int = 0) -> np.ndarra
     return np.ascontiguousarray(embeddings[pick], np.float32)
 
 
-def build_ann(embeddings, kind: str, params: dict, add_chunk: int = 65536, say=None):
-    """A trained, filled FAISS index over ``embeddings`` (N, d) unit float32 rows (or a callable
-    ``(a, b) -> rows a..b`` with ``len`` via ``params['n']``, for galleries generated in chunks); returns
-    ``(index, seconds)``. Training samples are drawn with a fixed seed, so a build is repeatable."""
+def build_ann(embeddings: np.ndarray, kind: str, params: dict, add_chunk: int = 65536, say=None):
+    """A trained, filled FAISS index over ``embeddings`` (N, d) unit float32 rows; returns ``(index, seconds)``.
+    Training samples are drawn with a fixed seed, so a build is repeatable."""
     faiss = import_faiss()
     t0 = time.perf_counter()
-    chunked = callable(embeddings)
-    n = params["n"] if chunked else embeddings.shape[0]
-    get = embeddings if chunked else (lambda a, b: embeddings[a:b])
-    dim = int(get(0, 1).shape[1])
+    n, dim = embeddings.shape
     ip = faiss.METRIC_INNER_PRODUCT
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
@@ -153,13 +149,28 @@ def build_ann(embeddings, kind: str, params: dict, add_chunk: int = 65536, say=N
         index.cp.seed = 1234
         index.cp.niter = KMEANS_ITERATIONS
         size = max(TRAIN_PER_CELL * params["nlist"], PQ_MIN_TRAIN if kind == "ivfpq" else 0)
-        sample = _train_sample(get(0, n), size) if not chunked else np.ascontiguousarray(get(0, min(n, size)),
-                                                                                          np.float32)
+        sample = _train_sample(embeddings, size)
         say and say(f"training --ann {kind} on {sample.shape[0]} descriptors ({params['nlist']} cells)")
         index.train(sample)
     for a in range(0, n, add_chunk):
-        index.add(np.ascontiguousarray(get(a, min(n, a + add_chunk)), np.float32))
+        index.add(np.ascontiguousarray(embeddings[a:a + add_chunk], np.float32))
     return index, time.perf_counter() - t0
+
+
+def query_params(kind: str, stored: dict, overrides: dict | None = None) -> dict:
+    """The stored parameters of an index's structure with the non-None query-time ``overrides`` (nprobe,
+    ef_search, rerank) on top; CVGLError for one that ``kind`` does not have or a value below 1."""
+    params = dict(stored)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if key not in PARAMS[kind]:
+            raise CVGLError(f"{flag} does not apply to this index's --ann {kind}")
+        if value < 1:
+            raise CVGLError(f"{flag} must be a positive integer, got {value}")
+        params[key] = int(value)
+    return params
 
 
 def set_search_params(index, kind: str, params: dict) -> None:
@@ -213,5 +224,5 @@ def ann_search(index, kind: str, params: dict, embeddings, query: np.ndarray, k:
 
 def describe(kind: str, params: dict) -> str:
     """One line for a user: which approximate search answered."""
-    shown = ", ".join(f"{k} {v}" for k, v in params.items() if k != "n")
+    shown = ", ".join(f"{k} {v}" for k, v in params.items())
     return f"approximate search (--ann {kind}" + (f": {shown}" if shown else "") + ")"

@@ -264,10 +264,10 @@ def search(index: Index, query: np.ndarray, k: int = 5, backend: str = "auto", e
     from common.evaluation.search import topk_neighbours
 
     if index.approximate and not exact:
-        from common.serving.ann import ann_search, set_search_params
+        from common.serving.ann import ann_search, query_params, set_search_params
 
         a = index.meta["ann"]
-        params = {**a["params"], **{k_: v for k_, v in (ann_params or {}).items() if v is not None}}
+        params = query_params(a["kind"], a["params"], ann_params)
         structure = index.ann()
         set_search_params(structure, a["kind"], params)
         return ann_search(structure, a["kind"], params, index.embeddings, query, k)

@@ -131,9 +131,11 @@ def localize(export, index, image: np.ndarray, k: int = 5, true_id: str | None =
         hits.append(hit)
     approximate = index.approximate and not exact
     if approximate:
+        from common.serving.ann import query_params
+
         a = index.meta["ann"]
-        params = {**a["params"], **{k_: v for k_, v in (ann_params or {}).items() if v is not None}}
-        search_info = {"approximate": True, "kind": a["kind"], "params": params}
+        search_info = {"approximate": True, "kind": a["kind"], "params": query_params(a["kind"], a["params"],
+                                                                                       ann_params)}
     else:
         search_info = {"approximate": False}
     out = {"hits": hits, "true_id": true_id, "true_rank": None, "top1_error_m": None, "search": search_info,
